@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for voxgrid.v1 (python -m voxgrid.protogen)."""
