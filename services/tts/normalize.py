@@ -32,8 +32,8 @@ _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "euros", "cent", "cents"),
                "£": ("pound", "pounds", "penny", "pence")}
 _MONEY = re.compile(rf"([$€£])\s?({_NUM})(?:\s?(thousand|million|billion|trillion|[kKmMbB]n?)\b)?")
-_TIME = re.compile(r"\b(\d{1,2}):(\d{2})(?:\s?([aApP])\.?\s?[mM]\b\.?)?")
-_AMPM = re.compile(r"\b(\d{1,2})\s?([aApP])\.?[mM]\b\.?")
+_TIME = re.compile(r"\b(\d{1,2}):(\d{2})(?:\s?([aApP])\.?\s?[mM]\b)?")  # a final "." stays: it may end a sentence
+_AMPM = re.compile(r"\b(\d{1,2})\s?([aApP])\.?[mM]\b")
 _PERCENT = re.compile(rf"({_NUM})\s?%")
 _ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
 _YEAR = re.compile(r"(?<![\d.,$])\b(1[1-9]\d\d|20\d\d)\b(?![\d,]|\.\d)")

@@ -120,6 +120,8 @@ class SpeechStream:
 
     # --- requests (called by the servicer's reader task) ------------------------------------------------
     def add_text(self, text: str) -> None:
+        if not text:
+            return  # an empty delta opens no utterance
         pending = sum(u.chunker.pending_chars for u in self._utterances) + len(text)
         if pending > self._opts.max_pending_chars:
             raise TextLimitError(
