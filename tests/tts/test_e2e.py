@@ -287,3 +287,24 @@ async def test_empty_and_unspeakable_text_and_idle_cancel_end_gracefully(tts: Tt
             dones.append(r.done)
     assert audio == 0
     assert [(d.utterance_id, d.cancelled, d.audio_ms) for d in dones] == [(1, False, 0), (2, False, 0), (3, True, 0)]
+
+
+async def test_voxgrid_speak_writes_a_wav_and_reports_first_audio(tts: TtsServer, tmp_path, capsys) -> None:
+    import json as _json
+
+    from services.tts.cli import add_commands
+    from voxgrid.audio import read_wav
+
+    parser = __import__("argparse").ArgumentParser()
+    add_commands(parser.add_subparsers())
+    out = tmp_path / "hi.wav"
+    args = parser.parse_args(["speak", "Hello, this is voxgrid.", "--target", tts.server.address, "-o", str(out),
+                              "--rate", "16000", "--stream-chars", "4", "--json"])
+    assert await args.func(args) == 0
+    result = _json.loads(capsys.readouterr().out)
+    audio, rate = read_wav(out)
+    assert rate == 16000 and abs(len(audio) / rate * 1000 - result["audio_ms"]) < 5
+    assert 0 < result["client_time_to_first_audio_ms"] < result["total_ms"]
+    args = parser.parse_args(["speak", "x", "--target", tts.server.address, "--voice", "nobody"])
+    assert await args.func(args) == 1
+    assert "en_US-joe-medium" in capsys.readouterr().err
