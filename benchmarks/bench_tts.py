@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.tts.app import TtsRuntime  # noqa: E402
-from services.tts.settings import TtsSettings  # noqa: E402
-from voxgrid.client import channel  # noqa: E402
-from voxgrid.server.chassis import start_server  # noqa: E402
-from voxgrid.v1 import tts_pb2, tts_pb2_grpc  # noqa: E402
+from services.tts.app import TtsRuntime
+from services.tts.settings import TtsSettings
+from voxgrid.client import channel
+from voxgrid.server.chassis import start_server
+from voxgrid.v1 import tts_pb2, tts_pb2_grpc
 
 REPLIES = [
     "Sure, I can help with that. Your order shipped this morning and should arrive by Thursday afternoon.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from services.tts.chunker import TextChunker, TextSpan
@@ -40,7 +41,7 @@ def test_spans_cover_the_text_in_order() -> None:
     for s in spans:
         assert TEXT[s.start : s.end] == s.text
     assert "".join(s.text for s in spans).replace(" ", "").replace("\n", "") == TEXT.replace(" ", "").replace("\n", "")
-    assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
 
 
 def test_split_anywhere_gives_the_same_spans_as_whole_text() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import grpc
@@ -11,7 +12,15 @@ import pytest
 from services.tts.app import TtsRuntime
 from services.tts.settings import TtsSettings
 from tests.tts.conftest import (
-    PIPER_SPEC, Action, TtsServer, control, speak, text_msg, tokens, transcribe, wer,
+    PIPER_SPEC,
+    Action,
+    TtsServer,
+    control,
+    speak,
+    text_msg,
+    tokens,
+    transcribe,
+    wer,
 )
 from voxgrid.audio import MULAW, AudioSpec
 from voxgrid.client import channel
@@ -70,7 +79,7 @@ async def test_marks_cover_the_text_in_order_and_offsets_increase(tts: TtsServer
     for c in utt.chunks:
         if not spans or spans[-1] != (c.mark.text_start, c.mark.text_end):
             spans.append((c.mark.text_start, c.mark.text_end))
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
     covered = "".join(text[s:e] for s, e in spans)
     assert covered.replace(" ", "") == text.replace(" ", "")
@@ -166,7 +175,9 @@ async def test_client_gone_mid_synthesis_stops_the_work(piper_engine) -> None:
                 break
             call.cancel()
         deadline = time.monotonic() + 10
-        while (srv.gate.active or runtime.scheduler.busy or runtime.scheduler.queued) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # polling: the scheduler has no async hook to wait on
+            if not (srv.gate.active or runtime.scheduler.busy or runtime.scheduler.queued):
+                break
             await asyncio.sleep(0.05)
         assert srv.gate.active == 0
         assert runtime.scheduler.busy == 0 and runtime.scheduler.queued == 0
