@@ -8,6 +8,7 @@ sessions), refuses new ones while draining or full, and records how each one end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,12 @@ def _aborting_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, mes
                       trailing: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that only fails with `code`."""
 
-    async def fail(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def fail(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            # Take the client's first message before refusing: a client still sending when the status
+            # arrives sees its own write fail (INTERNAL) instead of the refusal.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(aiter(request)), 1.0)
         if trailing:
             context.set_trailing_metadata(trailing)
         await context.abort(code, message)
