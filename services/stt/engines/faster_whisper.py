@@ -64,6 +64,8 @@ class FasterWhisperEngine(SttEngine):
     def load(self) -> None:
         from faster_whisper import WhisperModel
 
+        if self._model is not None:
+            return
         self._model = WhisperModel(
             resolve_model(self.model_name), device=self.device, compute_type=self.compute_type,
             cpu_threads=self.cpu_threads,
