@@ -7,9 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from voxgrid.config import ServerSettings
-
 from services.llm.assets import QWEN_05B
+from voxgrid.config import ServerSettings
 
 
 class LlmSettings(ServerSettings):
