@@ -184,7 +184,7 @@ class TransformersEngine(LlmEngine):
         with self._cond:
             if self._stopping:
                 full = "the engine is shutting down: retry on another replica"
-            elif len(self._waiting) >= self.settings.max_waiting and len(self._running) >= self.settings.max_running:
+            elif len(self._waiting) + len(self._running) >= self.settings.max_waiting + self.settings.max_running:
                 full = (f"the engine queue is full ({len(self._waiting)} waiting, {len(self._running)} running): "
                         "retry later or on another replica")
             else:

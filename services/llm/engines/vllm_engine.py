@@ -107,7 +107,8 @@ class OutputMapper:
         now = time.perf_counter() if now is None else now
         if output.prompt_token_ids is not None:
             self.prompt_tokens = len(output.prompt_token_ids)
-        self.cached_tokens = int(getattr(output, "num_cached_tokens", 0) or 0)
+        # With DELTA outputs, later outputs may omit prompt facts: keep what the first one said.
+        self.cached_tokens = max(self.cached_tokens, int(getattr(output, "num_cached_tokens", 0) or 0))
         completion = output.outputs[0] if output.outputs else None
         events: list[Event] = []
         if completion is not None and completion.token_ids:
