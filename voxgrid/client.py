@@ -36,12 +36,12 @@ def channel(
         return grpc.aio.secure_channel(target, creds, options=options)
     # Call credentials need a secure channel; on plaintext (loopback, inside a mesh) the header goes
     # through an interceptor instead.
-    interceptors = [_PlainBearer(token)] if token else None
+    kinds = (_StreamStreamBearer, _UnaryUnaryBearer, _UnaryStreamBearer)
+    interceptors = [kind(token) for kind in kinds] if token else None
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
-class _PlainBearer(grpc.aio.StreamStreamClientInterceptor, grpc.aio.UnaryUnaryClientInterceptor,
-                   grpc.aio.UnaryStreamClientInterceptor):
+class _TokenMetadata:
     def __init__(self, token: str) -> None:
         self._md = ("authorization", f"Bearer {token}")
 
@@ -50,12 +50,19 @@ class _PlainBearer(grpc.aio.StreamStreamClientInterceptor, grpc.aio.UnaryUnaryCl
         return grpc.aio.ClientCallDetails(details.method, details.timeout, md, details.credentials,
                                           details.wait_for_ready)
 
+
+# grpc.aio files each interceptor under the first call type it implements, so one class per type.
+class _StreamStreamBearer(_TokenMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(self._with_token(details), request_iterator)
 
+
+class _UnaryUnaryBearer(_TokenMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._with_token(details), request)
 
+
+class _UnaryStreamBearer(_TokenMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._with_token(details), request)
 

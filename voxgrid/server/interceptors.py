@@ -8,6 +8,7 @@ sessions), refuses new ones while draining or full, and records how each one end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,13 +21,20 @@ from voxgrid.metrics import ServiceMetrics
 log = logging.getLogger("voxgrid.server")
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Initial metadata sent when a stream is admitted; its value is the replica's live stream count.
+ADMITTED_HEADER = "voxgrid-admitted"
 
 
 def _aborting_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
                       trailing: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that only fails with `code`."""
 
-    async def fail(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def fail(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            # Take the client's first message before refusing: a client still sending when the status
+            # arrives sees its own write fail (INTERNAL) instead of the refusal.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(aiter(request)), 1.0)
         if trailing:
             context.set_trailing_metadata(trailing)
         await context.abort(code, message)
@@ -148,6 +156,9 @@ class SessionGate(grpc.aio.ServerInterceptor):
                 await context.abort(refusal[0], refusal[1])
             gate.active += 1
             gate._idle.clear()
+            # Headers now tell the client it was admitted (a refusal arrives as a trailers-only status),
+            # so a router can try another replica before sending any work.
+            await context.send_initial_metadata(((ADMITTED_HEADER, str(gate.active)),))
             gate._metrics.active_sessions.set(gate.active)
             gate._metrics.sessions.inc()
             started = time.monotonic()
