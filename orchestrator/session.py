@@ -102,7 +102,7 @@ class PipelineSession:
 
     def __init__(self, config: agent_pb2.SessionConfig, session_id: str, backends: Backends, tools: ToolRunner,
                  out: Outbox[agent_pb2.ConverseResponse], *, system_prompt: str, max_history_tokens: int,
-                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int) -> None:
+                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int, tts_first_chunk_chars: int = 0) -> None:
         self.config = config
         self.session_id = session_id
         self.backends = backends
@@ -123,6 +123,7 @@ class PipelineSession:
         self.min_interruption_s = (tt.min_interruption_ms or 400) / 1000
         self.allow_interruptions = tt.allow_interruptions if tt.HasField("allow_interruptions") else True
         self.reconnect_attempts = reconnect_attempts
+        self.tts_first_chunk_chars = tts_first_chunk_chars
         self.sm = StateMachine()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.streams: dict[str, StageStream] = {}
@@ -162,7 +163,8 @@ class PipelineSession:
         stt_cfg = stt_pb2.RecognitionConfig(format=c.input_format, language=c.language, session_id=self.session_id,
                                             interim_results=True, endpointing=c.endpointing)
         tts_cfg = tts_pb2.SynthesisConfig(voice=c.voice, output_format=self.out_spec.to_proto(),
-                                          session_id=self.session_id, language=c.language)
+                                          session_id=self.session_id, language=c.language,
+                                          first_chunk_max_chars=self.tts_first_chunk_chars)
         llm_cfg = llm_pb2.ChatConfig(session_id=self.session_id, adapter=c.adapter)
         opened = await asyncio.gather(
             self.backends.stt.open("StreamingRecognize", stt_pb2.RecognizeRequest(config=stt_cfg)),
