@@ -1,6 +1,6 @@
 # Full-duplex speech (Moshi, slot-batched) on CUDA. moshi pins an older torch than the one voxgrid
-# runs, so this image follows the recipe in deploy/duplex-env.sh: torch 2.13.0 first, then moshi
-# with --no-deps and its runtime dependencies. Never in the same environment as vLLM.
+# runs, so this image follows the recipe in deploy/duplex-env.sh: torch 2.13.0, then moshi with
+# --no-deps and its runtime dependencies. Never in the same environment as vLLM.
 # Build from the repository root:
 #   docker build -f deploy/duplex.Dockerfile -t voxgrid-duplex .
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -12,11 +12,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 COPY . /src
-RUN /opt/venv/bin/pip install torch==2.13.0
-# The recipe (moshi --no-deps + its pinned runtime deps) lives in one place, shared with local installs.
-RUN PYTHON=/opt/venv/bin/python sh /src/deploy/duplex-env.sh
-# voxgrid itself with its base dependencies only: the duplex extra would pull moshi's torch pin.
-RUN /opt/venv/bin/pip install /src
+# The recipe (torch 2.13.0, moshi --no-deps and its pinned runtime deps) lives in one place, shared with
+# local installs; it tops up the existing venv.
+RUN TORCH_SPEC=torch==2.13.0 bash /src/deploy/duplex-env.sh /opt/venv
+# voxgrid itself without dependency resolution: the duplex extra would pull moshi's torch pin back in.
+RUN /opt/venv/bin/pip install --no-deps /src
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

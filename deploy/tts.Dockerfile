@@ -1,4 +1,4 @@
-# Text to speech (Piper; GPU engines select DEVICE=cuda). Build from the repository root:
+# Text to speech (Piper on CPU, Kokoro on CPU or CUDA). Build from the repository root:
 #   docker build -f deploy/tts.Dockerfile -t voxgrid-tts .
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
@@ -9,8 +9,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 COPY . /src
-# Only this service's extra (piper-tts is GPL-3.0: it ships in this image only).
-RUN /opt/venv/bin/pip install "/src[tts]"
+# Only this service's extras: Piper (GPL-3.0: it ships in this image only) and Kokoro. Both run on
+# onnxruntime; the GPU build replaces the CPU one (same module) so device=cuda works.
+RUN /opt/venv/bin/pip install "/src[tts,tts-kokoro]" \
+ && /opt/venv/bin/pip uninstall -y onnxruntime \
+ && /opt/venv/bin/pip install "onnxruntime-gpu>=1.20"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

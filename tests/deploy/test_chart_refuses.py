@@ -12,12 +12,17 @@ from tests.deploy.chart import Helm, write_values
 REFUSED: dict[str, tuple[str | None, list[str], list[str]]] = {
     "llm-without-model": (None, ["llm.settings.model="], ["llm is enabled but llm.settings.model is empty"]),
     "stt-without-model-on-cpu": ("cpu", ["stt.settings.model="], ["stt is enabled but stt.settings.model is empty"]),
-    "tts-without-voice": (None, ["tts.settings.voice="], ["tts.settings.voice is empty"]),
     "duplex-enabled-without-model": (None, ["duplex.enabled=true", "duplex.settings.model="],
                                      ["duplex is enabled but duplex.settings.model is empty"]),
     "vllm-with-zero-gpus": (None, ["llm.gpu=0"], ["llm runs a GPU engine (engine vllm) but llm.gpu is 0"]),
     "cuda-stt-with-zero-gpus": ("h100", ["stt.gpu=0"], ["stt runs a GPU engine (device cuda) but stt.gpu is 0"]),
     "cuda-on-cpu-profile": ("cpu", ["tts.settings.device=cuda"], ["tts runs a GPU engine", "tts.gpu to 1"]),
+    "transformers-on-cuda-with-zero-gpus": ("cpu", ["llm.settings.device=cuda"],
+                                            ["llm runs a GPU engine (device cuda) but llm.gpu is 0"]),
+    "duplex-auto-device-is-cpu-without-gpus": ("h100", ["duplex.settings.device=cuda:1", "duplex.gpu=0"],
+                                               ["duplex runs a GPU engine (device cuda:1)"]),
+    "backend-auth-without-orchestrator": (None, ["auth.backends=true", "orchestrator.enabled=false"],
+                                          ["auth.backends needs the orchestrator"]),
     "tensor-parallel-above-gpus": ("a100", ["llm.gpu=1"], ["tensorParallelSize=2", "raise llm.gpu to 2"]),
     "grace-shorter-than-drain": (None, ["orchestrator.terminationGracePeriodSeconds=60"],
                                  ["orchestrator.terminationGracePeriodSeconds=60 is shorter", "310"]),
@@ -55,6 +60,9 @@ BAD_FILES: dict[str, tuple[str, list[str]]] = {
     "typo-in-key": ("stt:\n  maxSesions: 8\n", ["maxSesions"]),
     "unknown-llm-setting": ("llm:\n  settings:\n    maxModelLength: 4096\n", ["maxModelLength"]),
     "gpu-memory-above-one": ("llm:\n  settings:\n    gpuMemoryUtilization: 1.5\n", ["gpuMemoryUtilization"]),
+    "unknown-tts-setting": ("tts:\n  settings:\n    voice: joe\n", ["/tts/settings", "'voice' not allowed"]),
+    "chart-managed-setting": ("stt:\n  settings:\n    maxSessions: 4\n", ["/stt/settings", "'maxSessions'"]),
+    "vad-threshold-out-of-range": ("stt:\n  settings:\n    vadThreshold: 1.5\n", ["/stt/settings/vadThreshold"]),
     "model-as-number": ("stt:\n  settings:\n    model: 3\n", ["/stt/settings/model", "string"]),
     "bad-cache-type": ("modelCache:\n  type: nfs\n", ["/modelCache/type"]),
     "short-token": ("auth:\n  tokens: [abc]\n", ["/auth/tokens/0"]),
@@ -75,3 +83,15 @@ def test_profiles_themselves_pass_the_schema(helm: Helm) -> None:
     for profile in ("h100", "a100", "cpu"):
         done = helm.template(profile)
         assert done.returncode == 0, done.stderr
+
+
+def test_settings_schema_matches_the_settings_models() -> None:
+    """values.schema.json's <svc>Settings come from the services' pydantic models: regenerate on change."""
+    import subprocess
+    import sys
+
+    from tests.deploy.chart import REPO_ROOT
+
+    tool = REPO_ROOT / "deploy" / "tools" / "chart_settings.py"
+    done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,8 @@ def test_each_container_runs_its_service(rendered: dict[str, list[dict[str, Any]
         assert env[prefix + "HOST"] == "0.0.0.0" and env[prefix + "PORT"] == "50051"
         assert env[prefix + "METRICS_PORT"] == "9090"
         assert int(env[prefix + "MAX_SESSIONS"]) >= 1
-        foreign = [k for k in env if k.startswith("VOXGRID_") and not k.startswith(prefix)]
+        shared = {"VOXGRID_CACHE_DIR"}  # where any voxgrid process keeps models it builds
+        foreign = [k for k in env if k.startswith("VOXGRID_") and not k.startswith(prefix) and k not in shared]
         assert not foreign, f"{svc} gets another service's settings: {foreign}"
 
 
@@ -221,7 +223,7 @@ def test_settings_map_to_env_vars(rendered: dict[str, list[dict[str, Any]]]) -> 
     assert "VOXGRID_LLM_QUANTIZATION" not in env, "empty settings must leave the service default"
     stt = env_of(main_container(deployments(rendered["cpu"])["stt"]))
     assert (stt["VOXGRID_STT_MODEL"], stt["VOXGRID_STT_DEVICE"], stt["VOXGRID_STT_COMPUTE_TYPE"]) == (
-        "tiny.en", "cpu", "int8")
+        "tiny.en-package", "cpu", "int8")
     duplex = env_of(main_container(deployments(rendered["h100"])["duplex"]))
     assert duplex["VOXGRID_DUPLEX_SLOTS"] == duplex["VOXGRID_DUPLEX_MAX_SESSIONS"] == "16"
 
@@ -314,16 +316,20 @@ def test_model_cache_and_prefetch(rendered: dict[str, list[dict[str, Any]]], cas
     for svc, d in deployments(objects).items():
         pod = d["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
+        env = env_of(main_container(d))
         if svc == "orchestrator":
             assert "models" not in volumes and "initContainers" not in pod
             continue
-        (init,) = pod["initContainers"]
-        assert init["image"] == main_container(d)["image"], "the fetcher runs the service's own image"
-        env = env_of(main_container(d))
-        model = env.get(f"VOXGRID_{svc.upper()}_MODEL") or env[f"VOXGRID_{svc.upper()}_VOICE"]
-        assert env_of(init)["MODEL_REF"] == model
-        assert {m["mountPath"] for m in init["volumeMounts"]} >= {"/models"}
-        assert env["HF_HOME"] == env_of(init)["HF_HOME"] == "/models/huggingface"
+        assert env["HF_HOME"] == "/models/huggingface" and env["VOXGRID_CACHE_DIR"] == "/models/voxgrid"
+        assert "/models" in {m["mountPath"] for m in main_container(d)["volumeMounts"]}
+        if svc == "tts":
+            assert "initContainers" not in pod, "TTS voices ship in the image or come as paths"
+        else:
+            (init,) = pod["initContainers"]
+            assert init["image"] == main_container(d)["image"], "the fetcher runs the service's own image"
+            assert env_of(init)["MODEL_REF"] == env[f"VOXGRID_{svc.upper()}_MODEL"]
+            assert env_of(init)["HF_HOME"] == "/models/huggingface"
+            assert "/models" in {m["mountPath"] for m in init["volumeMounts"]}
         models = volumes["models"]
         if case == "cpu":
             assert "emptyDir" in models
@@ -461,6 +467,17 @@ def test_auth_secret_is_mounted_where_tokens_are_checked(
         env = env_of(main_container(d))
         assert env[f"VOXGRID_{svc.upper()}_AUTH_TOKEN_FILE"] == "/var/run/voxgrid/auth/tokens"
         assert env[f"VOXGRID_{svc.upper()}_TLS_CERT_FILE"] == "/var/run/voxgrid/tls/tls.crt"
+    (edge_secret,) = by_kind(edge, "Secret").values()
+    assert len(base64.b64decode(edge_secret["data"]["backend-token"])) >= 32
+    for svc, d in deployments(edge).items():
+        pod = d["spec"]["template"]["spec"]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == "auth"]
+        key = "tokens" if svc == "orchestrator" else "backend-token"
+        assert vol["secret"]["items"] == [{"key": key, "path": "tokens"}], "backends accept only the internal token"
+    orch_env = main_container(deployments(edge)["orchestrator"])["env"]
+    (backend_token,) = [e for e in orch_env if e["name"] == "VOXGRID_ORCHESTRATOR_BACKEND_TOKEN"]
+    assert backend_token["valueFrom"]["secretKeyRef"]["key"] == "backend-token"
+    assert "backend-token" not in secret["data"], "no internal token unless auth.backends"
     given = helm.render(sets=["auth.tokens[0]=aaaaaaaaaaaaaaaaaaaa", "auth.tokens[1]=bbbbbbbbbbbbbbbbbbbb"])
     (secret,) = by_kind(given, "Secret").values()
     assert base64.b64decode(secret["data"]["tokens"]).decode() == "aaaaaaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbbbb"
@@ -491,3 +508,25 @@ def test_notes_render(helm: Helm) -> None:
     assert "port-forward svc/vg-voxgrid-orchestrator 50051:50051" in notes
     assert "kubectl -n voice get secret vg-voxgrid-auth" in notes
     assert "tiny.en" in notes and "CPU" in notes
+
+
+def test_every_setting_reaches_its_env_var(helm: Helm, tmp_path: Path) -> None:
+    """One home per knob: each <svc>.settings key of the schema becomes VOXGRID_<SVC>_<FIELD>."""
+    schema = json.loads((Path(__file__).resolve().parents[2] / "helm/voxgrid/values.schema.json").read_text())
+    values: dict[str, Any] = {"duplex": {"enabled": True}}
+    expected: dict[str, set[str]] = {}
+    for svc in ("stt", "llm", "tts", "duplex", "orchestrator"):
+        properties = schema["$defs"][f"{svc}Settings"]["properties"]
+        settings = {k: p["default"] for k, p in properties.items() if p.get("default") not in (None, "")}
+        if "model" in properties:
+            settings["model"] = "org/model"
+        values.setdefault(svc, {})["settings"] = settings
+        # The env name the settings model declares (written into the schema from the pydantic field name).
+        expected[svc] = {re.search(r"\[env (\w+)\]", properties[k]["description"]).group(1) for k in settings}
+    values["duplex"]["maxSessions"] = values["duplex"]["settings"].get("slots", 1)
+    path = tmp_path / "all-settings.yaml"
+    path.write_text(json.dumps(values))
+    deps = deployments(helm.render(values=[path]))
+    for svc, names in expected.items():
+        env = env_of(main_container(deps[svc]))
+        assert names <= set(env), f"{svc}: {sorted(names - set(env))} not set"

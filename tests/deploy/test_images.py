@@ -22,7 +22,7 @@ DEPLOY = REPO_ROOT / "deploy"
 EXTRAS = {
     "stt": {"stt"},
     "llm": {"llm-vllm"},
-    "tts": {"tts"},
+    "tts": {"tts", "tts-kokoro"},
     "duplex": set(),
     "orchestrator": {"orchestrator", "orchestrator-k8s"},
 }
@@ -149,11 +149,16 @@ def test_orchestrator_image_is_slim_python() -> None:
 def test_duplex_image_follows_its_torch_pin_recipe() -> None:
     stages = parse_dockerfile(dockerfile("duplex"))
     runs = stages[0].args("RUN")
-    torch_at = next(i for i, r in enumerate(runs) if "pip install torch==2.13.0" in r)
-    recipe_at = next(i for i, r in enumerate(runs) if "deploy/duplex-env.sh" in r)
-    voxgrid_at = next(i for i, r in enumerate(runs) if r.endswith("pip install /src"))
-    assert torch_at < recipe_at < voxgrid_at, "torch first, then moshi --no-deps, then voxgrid without extras"
+    recipe_at = next(i for i, r in enumerate(runs) if "bash /src/deploy/duplex-env.sh /opt/venv" in r)
+    assert "TORCH_SPEC=torch==2.13.0" in runs[recipe_at]
+    voxgrid_at = next(i for i, r in enumerate(runs) if r.endswith("pip install --no-deps /src"))
+    assert recipe_at < voxgrid_at, "the pinned environment first, then voxgrid without re-resolving deps"
     assert "!deploy/duplex-env.sh" in (REPO_ROOT / ".dockerignore").read_text().split()
+
+
+def test_tts_image_runs_onnx_on_the_gpu() -> None:
+    (install,) = pip_installs(parse_dockerfile(dockerfile("tts")))
+    assert install.index("pip uninstall -y onnxruntime") < install.index("onnxruntime-gpu")
 
 
 def test_dockerignore_keeps_secrets_and_venvs_out() -> None:
@@ -172,12 +177,14 @@ def test_compose_runs_each_service_from_its_image() -> None:
         env = spec["environment"]
         assert all(k.startswith(f"VOXGRID_{svc.upper()}_") for k in env), svc
         devices = spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-        if svc in GPU_SERVICES:
+        if svc in ("stt", "llm", "duplex"):
             assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
+            assert env[f"VOXGRID_{svc.upper()}_DEVICE" if svc != "llm" else "VOXGRID_LLM_ENGINE"] in ("cuda", "vllm")
+        else:
+            assert not devices, f"{svc} runs on CPU here"
+        if svc != "orchestrator":
             assert "models:/models" in spec["volumes"]
             assert spec["healthcheck"]["test"][:2] == ["CMD", "python3"]
-        else:
-            assert not devices
     orch = services["orchestrator"]
     for backend in ("stt", "llm", "tts"):
         assert orch["environment"][f"VOXGRID_ORCHESTRATOR_{backend.upper()}_BACKENDS"] == f"static:{backend}:50051"

@@ -55,15 +55,21 @@ app.kubernetes.io/component: {{ .svc }}
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when this service runs a GPU engine: vLLM for the LLM, device cuda for the others. */}}
+{{/* "true" when this service runs on a GPU: the vLLM engine, a cuda device, or device auto with GPUs given. */}}
 {{- define "voxgrid.usesGpu" -}}
 {{- $cfg := index .root.Values .svc -}}
 {{- $settings := $cfg.settings | default dict -}}
-{{- if eq .svc "llm" -}}
-{{- if eq (toString $settings.engine) "vllm" -}}true{{- end -}}
-{{- else if ne .svc "orchestrator" -}}
-{{- if eq (toString $settings.device) "cuda" -}}true{{- end -}}
+{{- $device := toString ($settings.device | default "") -}}
+{{- if and (eq .svc "llm") (eq (toString $settings.engine) "vllm") -}}true
+{{- else if hasPrefix "cuda" $device -}}true
+{{- else if and (eq $device "auto") (ge (int ($cfg.gpu | default 0)) 1) -}}true
 {{- end -}}
+{{- end -}}
+
+{{/* Why usesGpu said so, for error messages. */}}
+{{- define "voxgrid.gpuReason" -}}
+{{- $settings := (index .root.Values .svc).settings | default dict -}}
+{{- if and (eq .svc "llm") (eq (toString $settings.engine) "vllm") -}}engine vllm{{- else -}}device {{ $settings.device }}{{- end -}}
 {{- end -}}
 
 {{- define "voxgrid.image" -}}
@@ -74,10 +80,11 @@ app.kubernetes.io/component: {{ .svc }}
 {{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
 
-{{/* The model reference the init container prefetches (the TTS voice plays that role for TTS). */}}
+{{/* The model a service loads (stt, llm, duplex); TTS voices ship in its image or come as paths. */}}
 {{- define "voxgrid.modelRef" -}}
-{{- $settings := (index .root.Values .svc).settings | default dict -}}
-{{- if eq .svc "tts" -}}{{ $settings.voice | default "" }}{{- else -}}{{ $settings.model | default "" }}{{- end -}}
+{{- if has .svc (list "stt" "llm" "duplex") -}}
+{{- ((index .root.Values .svc).settings | default dict).model | default "" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Seconds the pod gets after deletion: preStop sleep + drain grace + margin, or the explicit value. */}}
