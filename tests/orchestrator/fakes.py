@@ -26,8 +26,10 @@ SE = stt_pb2.SpeechEvent
 
 
 class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
-    def __init__(self, script: list[str], min_silence_ms: int = 300, partial_every_ms: int = 200) -> None:
+    def __init__(self, script: list[str], min_silence_ms: int = 300, partial_every_ms: int = 200,
+                 when_script_ends: str = "") -> None:
         self.script = deque(script)
+        self.when_script_ends = when_script_ends
         self.min_silence_ms = min_silence_ms
         self.partial_every_ms = partial_every_ms
 
@@ -66,7 +68,7 @@ class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
                 if not state["speaking"]:
                     state.update(speaking=True, start=state["pos"] - frame_ms, uid=state["uid"] + 1,
                                  next_partial=state["pos"] + self.partial_every_ms)
-                    state["words"] = (self.script.popleft() if self.script else "").split()
+                    state["words"] = (self.script.popleft() if self.script else self.when_script_ends).split()
                     out.put(stt_pb2.RecognizeResponse(speech_event=SE(
                         kind=SE.KIND_SPEECH_STARTED, audio_offset_ms=int(state["start"]), utterance_id=state["uid"])))
                 elif state["pos"] >= state["next_partial"]:
@@ -248,7 +250,8 @@ def tool_call(name: str, **args) -> audio_pb2.ToolCall:
 
 
 def backend_settings(**kw) -> ServerSettings:
-    return ServerSettings(port=0, **kw)
+    kw.setdefault("port", 0)
+    return ServerSettings(**kw)
 
 
 async def collect(responses: AsyncIterator, until: Callable[[object], bool], timeout_s: float = 20.0) -> list:
@@ -262,3 +265,27 @@ async def collect(responses: AsyncIterator, until: Callable[[object], bool], tim
 
     await asyncio.wait_for(run(), timeout_s)
     return got
+
+
+async def serve_fakes(script_words: str = "what is the weather like today", ports: tuple[int, int, int] = (0, 0, 0),
+                      ready=None) -> None:
+    """Serve zero-latency STT, LLM and TTS fakes until cancelled (the orchestration-overhead benchmark)."""
+    import contextlib
+
+    from voxgrid.server.chassis import start_server
+
+    stt = FakeStt([], when_script_ends=script_words)
+    fakes = [stt_runtime(stt), llm_runtime(FakeLlm()), tts_runtime(FakeTts())]
+    async with contextlib.AsyncExitStack() as stack:
+        servers = [await stack.enter_async_context(start_server(rt, backend_settings(port=p, max_sessions=10000)))
+                   for rt, p in zip(fakes, ports, strict=True)]
+        if ready is not None:
+            ready([s.address for s in servers])
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(serve_fakes(ports=tuple(int(p) for p in sys.argv[1:4]),
+                            ready=lambda addrs: print(" ".join(addrs), flush=True)))
