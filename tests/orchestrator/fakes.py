@@ -16,11 +16,21 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import numpy as np
 
-from voxgrid.audio import AudioOut, AudioSpec, decode
+from voxgrid.audio import AudioOut, AudioSpec, decode, encode
 from voxgrid.config import ServerSettings
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.server.streams import Outbox, pump, read_config
-from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc, stt_pb2, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
+from voxgrid.v1 import (
+    audio_pb2,
+    duplex_pb2,
+    duplex_pb2_grpc,
+    llm_pb2,
+    llm_pb2_grpc,
+    stt_pb2,
+    stt_pb2_grpc,
+    tts_pb2,
+    tts_pb2_grpc,
+)
 
 SE = stt_pb2.SpeechEvent
 
@@ -289,3 +299,35 @@ if __name__ == "__main__":
 
     asyncio.run(serve_fakes(ports=tuple(int(p) for p in sys.argv[1:4]),
                             ready=lambda addrs: print(" ".join(addrs), flush=True)))
+
+
+class FakeDuplex(duplex_pb2_grpc.DuplexServicer):
+    """Answers every 80 ms of caller audio with 80 ms of its own (the caller's, inverted) and a word."""
+
+    async def Converse(self, request_iterator, context):
+        config = await read_config(request_iterator, context)
+        spec = AudioSpec.from_proto(config.input_format)
+        frame = spec.bytes_for_ms(80)
+        out: Outbox = Outbox()
+        buf = bytearray()
+        n = itertools.count()
+
+        async def on_request(req) -> None:
+            if req.WhichOneof("request") == "control":
+                out.close()
+                return
+            buf.extend(req.audio)
+            while len(buf) >= frame:
+                chunk = bytes(buf[:frame])
+                del buf[:frame]
+                i = next(n)
+                x = decode(chunk, spec)
+                out.put(duplex_pb2.DuplexResponse(audio=duplex_pb2.DuplexAudio(
+                    data=encode(-x, spec), text=f"w{i} ", frame_index=i, audio_offset_ms=80 * i)))
+
+        async for r in pump(request_iterator, on_request, out, context):
+            yield r
+
+
+def duplex_runtime(fake: FakeDuplex) -> FakeRuntime:
+    return FakeRuntime("duplex", fake, duplex_pb2_grpc.add_DuplexServicer_to_server, "voxgrid.v1.Duplex")
