@@ -33,6 +33,7 @@ from voxgrid.v1 import agent_pb2, audio_pb2, llm_pb2, stt_pb2, tts_pb2
 log = logging.getLogger("voxgrid.orchestrator.session")
 Event = tuple[str, Any]
 TE = agent_pb2.TurnEvent
+MAX_TOOL_ROUNDS = 3  # generate requests of one turn that may call tools
 # Backchannels never interrupt, whatever their length.
 BACKCHANNELS = frozenset({"uh-huh", "uh huh", "mhm", "mm-hmm", "mm hmm", "hmm", "yeah", "yes", "yep", "okay", "ok",
                           "right", "sure", "i see", "got it", "uh", "um", "ah", "oh"})
@@ -79,6 +80,7 @@ class Turn:
     llm_done: bool = False
     segments: list[Segment] = field(default_factory=list)
     tool_calls: list[audio_pb2.ToolCall] = field(default_factory=list)
+    seen_calls: set[tuple[str, str]] = field(default_factory=set)  # (name, arguments) already run this turn
     interrupted: bool = False
     cancelled: bool = False
 
@@ -102,7 +104,8 @@ class PipelineSession:
 
     def __init__(self, config: agent_pb2.SessionConfig, session_id: str, backends: Backends, tools: ToolRunner,
                  out: Outbox[agent_pb2.ConverseResponse], *, system_prompt: str, max_history_tokens: int,
-                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int, tts_first_chunk_chars: int = 0) -> None:
+                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int,
+                 tts_first_chunk_chars: int = 0) -> None:
         self.config = config
         self.session_id = session_id
         self.backends = backends
@@ -437,7 +440,7 @@ class PipelineSession:
         h = self.conversation.history
         return bool(h) and h[-1].role == "user"
 
-    def _generate(self, turn: Turn) -> None:
+    def _generate(self, turn: Turn, allow_tools: bool = True) -> None:
         turn.rounds += 1
         turn.request_id = f"{turn.turn_id}.{turn.rounds}.{next(self._request_ids)}"
         turn.llm_done = False
@@ -445,7 +448,7 @@ class PipelineSession:
         turn.generate_sent_at = time.monotonic()
         self.streams["llm"].send(llm_pb2.ChatRequest(generate=llm_pb2.GenerateRequest(
             request_id=turn.request_id, messages=self.conversation.messages(), sampling=self.sampling,
-            tools=self.tools.schemas())))
+            tools=self.tools.schemas() if allow_tools else [])))
 
     def _on_llm(self, response: llm_pb2.ChatResponse) -> None:
         which = response.WhichOneof("event")
@@ -491,7 +494,14 @@ class PipelineSession:
 
     def _on_generation_done(self, turn: Turn, done: llm_pb2.GenerationDone) -> None:
         self._flush_tts(turn)
-        if done.finish_reason == llm_pb2.FINISH_REASON_TOOL_CALLS and turn.tool_calls and turn.rounds < 4:
+        if done.finish_reason == llm_pb2.FINISH_REASON_TOOL_CALLS and turn.tool_calls:
+            fresh = [c for c in turn.tool_calls if (c.name, c.arguments_json) not in turn.seen_calls]
+            if not fresh or turn.rounds >= MAX_TOOL_ROUNDS:
+                # Small models can loop on a tool; the results are in the context: make it answer.
+                self._generate(turn, allow_tools=False)
+                return
+            turn.tool_calls = fresh
+            turn.seen_calls.update((c.name, c.arguments_json) for c in fresh)
             self.conversation.add(Message("assistant", turn.text[turn.history_chars:].strip(),
                                           tool_calls=list(turn.tool_calls)))
             turn.history_chars = len(turn.text)
