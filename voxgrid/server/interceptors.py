@@ -21,6 +21,8 @@ from voxgrid.metrics import ServiceMetrics
 log = logging.getLogger("voxgrid.server")
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Initial metadata sent when a stream is admitted; its value is the replica's live stream count.
+ADMITTED_HEADER = "voxgrid-admitted"
 
 
 def _aborting_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
@@ -154,6 +156,9 @@ class SessionGate(grpc.aio.ServerInterceptor):
                 await context.abort(refusal[0], refusal[1])
             gate.active += 1
             gate._idle.clear()
+            # Headers now tell the client it was admitted (a refusal arrives as a trailers-only status),
+            # so a router can try another replica before sending any work.
+            await context.send_initial_metadata(((ADMITTED_HEADER, str(gate.active)),))
             gate._metrics.active_sessions.set(gate.active)
             gate._metrics.sessions.inc()
             started = time.monotonic()
