@@ -63,8 +63,12 @@ def endpointing_options(cfg: stt_pb2.EndpointingConfig, defaults: EndpointingOpt
 
 
 class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
-    def __init__(self, scheduler: DecodeScheduler, defaults: EndpointingOptions, stt_metrics: SttMetrics) -> None:
+    def __init__(
+        self, scheduler: DecodeScheduler, defaults: EndpointingOptions, stt_metrics: SttMetrics, *,
+        final_keeps_commit: bool = False,
+    ) -> None:
         self.scheduler = scheduler
+        self.final_keeps_commit = final_keeps_commit
         self.model: ModelInfo | None = None  # set once the engine has loaded
         self.defaults = defaults
         self.metrics = stt_metrics
@@ -96,6 +100,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             interim_results=config.interim_results, language=language,
             initial_prompt=config.initial_prompt.strip(),
             hotwords=tuple(h.strip() for h in config.hotwords if h.strip()),
+            final_keeps_commit=self.final_keeps_commit,
         )
 
     async def StreamingRecognize(

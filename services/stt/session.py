@@ -65,6 +65,7 @@ class RecognitionOptions:
     language: str = ""
     initial_prompt: str = ""
     hotwords: tuple[str, ...] = ()
+    final_keeps_commit: bool = False  # finals forced to start with the committed words
 
 
 @dataclass
@@ -232,8 +233,9 @@ class RecognitionSession:
     # --- decodes --------------------------------------------------------------------------------------
     def _submit(self, utt: _Utterance, audio: np.ndarray, *, final: bool) -> DecodeJob:
         o = self.options
+        keep = not final or o.final_keeps_commit
         request = DecodeRequest(
-            audio=audio, prefix=utt.agreement.committed_text,
+            audio=audio, prefix=utt.agreement.committed_text if keep else "",
             prompt=" ".join(p for p in (o.initial_prompt, utt.prompt) if p),
             hotwords=", ".join(o.hotwords), language=o.language, final=final,
         )
@@ -268,7 +270,8 @@ class RecognitionSession:
             self._scheduler.cancel(job)
             raise
         silent = _is_silence(hyp)
-        text = "" if silent else utt.agreement.final_text(hyp.text)
+        text = "" if silent else (
+            utt.agreement.final_text(hyp.text) if self.options.final_keeps_commit else hyp.text.strip())
         base = utt.audio_start / RATE
         words = () if silent else tuple(
             WordTiming(w.word, base + w.start_s, base + w.end_s, w.probability) for w in hyp.words
