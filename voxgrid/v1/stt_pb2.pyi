@@ -256,6 +256,10 @@ class SpeechEvent(_message.Message):
         """VAD saw speech start. Sent before any partial of that utterance."""
         KIND_SPEECH_ENDED: SpeechEvent._Kind.ValueType  # 2
         """VAD saw `min_silence_ms` of silence after speech. The final follows."""
+        KIND_SPEECH_RESUMED: SpeechEvent._Kind.ValueType  # 3
+        """Speech resumed after a `speculative` transcript of this utterance was sent: that preview is
+        void (the utterance goes on; its final will differ).
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: SpeechEvent.Kind.ValueType  # 0
@@ -263,6 +267,10 @@ class SpeechEvent(_message.Message):
     """VAD saw speech start. Sent before any partial of that utterance."""
     KIND_SPEECH_ENDED: SpeechEvent.Kind.ValueType  # 2
     """VAD saw `min_silence_ms` of silence after speech. The final follows."""
+    KIND_SPEECH_RESUMED: SpeechEvent.Kind.ValueType  # 3
+    """Speech resumed after a `speculative` transcript of this utterance was sent: that preview is
+    void (the utterance goes on; its final will differ).
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     AUDIO_OFFSET_MS_FIELD_NUMBER: _builtins.int
@@ -331,6 +339,7 @@ class Transcript(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    SPECULATIVE_FIELD_NUMBER: _builtins.int
     utterance_id: _builtins.int
     text: _builtins.str
     """The whole text of the utterance so far (committed + unstable); on a final, the final text
@@ -358,6 +367,12 @@ class Transcript(_message.Message):
     decode starts speculatively early in the silence, so this is usually a few ms.
     Partials: wall-clock the decode (batch) that produced it took, ms.
     """
+    speculative: _builtins.bool
+    """A preview of the final, decoded as soon as the caller fell silent (speculative_final_ms into the
+    silence, before the endpoint): unless KIND_SPEECH_RESUMED follows, the final carries exactly this
+    text. An agent can start preparing its answer here and release it at the endpoint. Never set on
+    finals; `stability` is 1.0.
+    """
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]:
         """Word timings (finals only)."""
@@ -376,10 +391,11 @@ class Transcript(_message.Message):
         confidence: _builtins.float = ...,
         language: _builtins.str = ...,
         latency_ms: _builtins.float = ...,
+        speculative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "speculative", b"speculative", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
