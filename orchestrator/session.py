@@ -114,7 +114,7 @@ class PipelineSession:
         ctx = config.context
         self.conversation = Conversation(config.system_prompt or system_prompt,
                                          ctx.max_history_tokens or max_history_tokens, ctx.summarize_evicted)
-        self.sampling = llm_pb2.SamplingParams()
+        self.sampling = audio_pb2.SamplingParams()
         self.sampling.CopyFrom(config.sampling)
         if not self.sampling.HasField("max_tokens"):
             self.sampling.max_tokens = max_tokens
