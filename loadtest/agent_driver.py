@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from loadtest.corpus import INPUT_SPEC
 from loadtest.mic import PacedMic
-from loadtest.results import SessionOutcome
+from loadtest.results import SessionOutcome, TurnRecord
 from loadtest.session import SessionContext
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
@@ -143,8 +143,6 @@ async def _converse(ctx: SessionContext, mic: PacedMic, listener: _Listener, rec
         last_turn_id = max(listener.started)
         first_audio = listener.first_audio.get(turn_id, listener.started[turn_id])
         rec.metrics["client_voice_to_voice_ms"] = (first_audio - last_speech_at) * 1000.0
-        if turn_id in listener.latency:
-            rec.metrics.update(_latency_metrics(listener.latency[turn_id]))
         ctx.record(rec)
         if ctx.rng.random() < ctx.barge_in_rate and ctx.more_turns():
             # Talk over the agent once it has said a little; time how fast it stops.
@@ -157,6 +155,7 @@ async def _converse(ctx: SessionContext, mic: PacedMic, listener: _Listener, rec
                     rec.interrupted = kind == TE.KIND_INTERRUPTED
                     if rec.interrupted:
                         rec.metrics["barge_in_reaction_ms"] = (at - barge_at) * 1000.0
+                _attach_latency(rec, listener, turn_id)
                 continue
         await listener.until(lambda t=turn_id: t in listener.ended, ctx.reply_timeout_s)
         if turn_id in listener.ended:
@@ -164,9 +163,15 @@ async def _converse(ctx: SessionContext, mic: PacedMic, listener: _Listener, rec
             rec.metrics["turn_total_ms"] = (listener.ended[turn_id][1] - speech_started) * 1000.0
         else:
             rec.metrics["no_end"] = 1.0
+        _attach_latency(rec, listener, turn_id)
         await ctx.think()
 
 
-def _latency_metrics(lat: agent_pb2.TurnLatency) -> dict[str, float]:
+def _attach_latency(rec: TurnRecord, listener: _Listener, turn_id: int) -> None:
+    """The orchestrator's TurnLatency follows AGENT_STARTED_SPEAKING: read it once the turn is over."""
+    lat = listener.latency.get(turn_id)
+    if lat is None:
+        rec.metrics["no_latency_record"] = 1.0
+        return
     values = MessageToDict(lat, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    return {k: float(values[k]) for k in LATENCY_FIELDS if k in values}
+    rec.metrics.update({k: float(values[k]) for k in LATENCY_FIELDS if k in values})
