@@ -47,6 +47,7 @@ class SessionOutcome:
     turns: int
     duration_s: float
     message: str = ""
+    started_s: float = 0.0  # since the run started
 
 
 @dataclass

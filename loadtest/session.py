@@ -46,7 +46,8 @@ class SessionContext:
 
     def outcome(self, code: grpc.StatusCode | str, started: float, message: str = "") -> SessionOutcome:
         name = code if isinstance(code, str) else code.name
-        return SessionOutcome(self.session_id, name, self.turns_done, time.monotonic() - started, message)
+        return SessionOutcome(self.session_id, name, self.turns_done, time.monotonic() - started, message,
+                              started - self.run_started)
 
 
 def ms_since(t0: float) -> float:
