@@ -6,7 +6,7 @@ import random
 import socket
 from collections.abc import AsyncIterator
 
-import pytest
+import pytest_asyncio
 
 from voxgrid.local_stack import Child, plan, start_children, stop_children
 
@@ -31,11 +31,12 @@ def free_base_port() -> int:
     raise RuntimeError("no free port range for the stack")
 
 
-@pytest.fixture
-async def local_stack(tmp_path) -> AsyncIterator[list[Child]]:  # type: ignore[no-untyped-def]
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def local_stack(tmp_path_factory) -> AsyncIterator[list[Child]]:  # type: ignore[no-untyped-def]
+    """One stack per test module: starting the LLM takes tens of seconds."""
     children = plan(STACK, free_base_port())
     try:
-        await start_children(children, str(tmp_path), deadline_s=240)
+        await start_children(children, str(tmp_path_factory.mktemp("stack-logs")), deadline_s=240)
         yield children
     finally:
         await stop_children(children)

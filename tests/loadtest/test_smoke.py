@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +60,7 @@ def test_cli_smoke_against_the_local_stack(local_stack, tmp_path) -> None:  # ty
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="module")
 async def test_tts_mode_and_a_dead_target(local_stack) -> None:  # type: ignore[no-untyped-def]
     tts = next(c for c in local_stack if c.name == "tts")
     urls = [f"http://127.0.0.1:{tts.metrics_port}/metrics"]
@@ -66,3 +73,20 @@ async def test_tts_mode_and_a_dead_target(local_stack) -> None:  # type: ignore[
     dead = await run_load(LoadConfig(f"127.0.0.1:{tts.metrics_port + 7}", sessions=2, duration_s=3, mode="tts",
                                      reply_timeout_s=5), load_corpus(), progress=None)
     assert dead.sessions and all(s.code == "UNAVAILABLE" for s in dead.sessions)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_locust_headless_reports_voice_to_voice(local_stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("locust", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("locust is not installed (pip install 'voxgrid[loadtest]')")
+    orch = next(c for c in local_stack if c.name == "orchestrator")
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(Path(sys.executable).parent / "locust"), "-f", str(root / "loadtest" / "locustfile.py"),
+                    "--headless", "-u", "1", "-r", "1", "-t", "25s", "--host", orch.target, "--turns-per-session", "1",
+                    "--csv", str(tmp_path / "lt"), "--only-summary"],
+                   cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120, check=False)
+    rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "lt_stats.csv").open())}
+    assert int(rows["voice_to_voice_ms"]["Request Count"]) >= 1
+    assert float(rows["voice_to_voice_ms"]["Median Response Time"]) > 0
+    assert int(rows["session"]["Failure Count"]) == 0
