@@ -47,6 +47,8 @@ async def main() -> int:
                  "exit after s", "exit code"],
                 [[len(live), len(live) - len(cut), len(cut), ", ".join(sorted({s.code for s in cut})) or "-",
                   len(refused), f"{exit_s:.1f}", exit_code]]))
+    for s in cut:
+        print(f"  cut: {s.session} {s.code} after {s.duration_s:.1f} s, {s.turns} turns: {s.message}")
     print()
     print(latency_table([latency_row(f"whole run ({args.service} drained)", result)]))
     return 0 if live and not cut else 1
