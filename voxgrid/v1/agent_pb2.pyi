@@ -535,7 +535,10 @@ Global___TurnEvent: _TypeAlias = TurnEvent  # noqa: Y015
 
 @_typing.final
 class TurnLatency(_message.Message):
-    """Where the time of one agent turn went, all ms, wall-clock inside the orchestrator."""
+    """Where the time of one agent turn went, all ms, wall-clock inside the orchestrator.
+    voice_to_voice = endpoint_wait + stt_finalization + llm_time_to_first_token + tts_time_to_first_audio
+                     + tool + orchestration_overhead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -547,11 +550,14 @@ class TurnLatency(_message.Message):
     ORCHESTRATION_OVERHEAD_MS_FIELD_NUMBER: _builtins.int
     TOOL_MS_FIELD_NUMBER: _builtins.int
     INTERRUPTED_FIELD_NUMBER: _builtins.int
+    ENDPOINT_WAIT_MS_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.int
     voice_to_voice_ms: _builtins.float
-    """End of the caller's speech (VAD) to the first agent audio sent to the client."""
+    """Arrival of the caller's last speech audio to the first agent audio sent to the client: what the
+    caller experiences (includes the silence the endpointer waits for).
+    """
     stt_finalization_ms: _builtins.float
-    """End of speech to the final transcript (STT)."""
+    """speech_ended (the endpoint) to the final transcript (STT)."""
     llm_time_to_first_token_ms: _builtins.float
     """Generate sent to the first token (LLM), as seen by the orchestrator."""
     tts_time_to_first_audio_ms: _builtins.float
@@ -561,6 +567,8 @@ class TurnLatency(_message.Message):
     tool_ms: _builtins.float
     """Tools run in this turn, total."""
     interrupted: _builtins.bool
+    endpoint_wait_ms: _builtins.float
+    """Arrival of the last speech audio to the endpoint (the silence the endpointer waits for)."""
     def __init__(
         self,
         *,
@@ -572,10 +580,11 @@ class TurnLatency(_message.Message):
         orchestration_overhead_ms: _builtins.float = ...,
         tool_ms: _builtins.float = ...,
         interrupted: _builtins.bool = ...,
+        endpoint_wait_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interrupted", b"interrupted", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "orchestration_overhead_ms", b"orchestration_overhead_ms", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "orchestration_overhead_ms", b"orchestration_overhead_ms", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,57 @@
+# The two quickstart commands are `make run` and `make test`; both install what they need first.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SYSTEM_PACKAGES := flite asterisk-core-sounds-en-wav
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run demo test test-fast bench lint protos setup system clean
+
+## run: start the local stack (STT, LLM, TTS, orchestrator on localhost, CPU) and talk to it once
+run: setup
+	$(PY) -m voxgrid up --demo --log-dir .cache/logs
+
+## demo: the same, but stop the stack after the demo conversation
+demo: setup
+	$(PY) -m voxgrid up --demo --exit-after-demo --log-dir .cache/logs
+
+## test: the whole CPU test suite (unit + loopback end-to-end with real small models + chart)
+test: setup
+	$(PY) -m pytest -m "not gpu" -p no:cacheprovider
+
+## test-fast: unit tests only
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu and not e2e"
+
+## bench: every benchmark table (CPU)
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+## protos: regenerate voxgrid/v1 from protos/
+protos: setup
+	$(PY) -m voxgrid.protogen
+
+setup: system $(VENV)/.installed
+
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: its CPU build comes from the local wheel store, never the multi-GB CUDA one.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[cpu,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,5 @@
+import sys
+
+from voxgrid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""`voxgrid`: serve a service, run the local stack, and talk to services as a client.
+
+Service modules are imported only when used, so `voxgrid serve orchestrator` never imports torch and a
+client command works in an environment that has none of the model packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from voxgrid import logs
+from voxgrid.config import add_settings_flags, settings_from_args, settings_table
+
+# service name -> module defining `Settings` and `create_runtime(settings)`
+SERVICES: dict[str, str] = {
+    "stt": "services.stt.app",
+    "llm": "services.llm.app",
+    "tts": "services.tts.app",
+    "duplex": "services.duplex.app",
+    "orchestrator": "orchestrator.app",
+    "gateway": "gateway.app",
+    "echo": "voxgrid.server.echo",
+}
+# modules defining `add_commands(subparsers)` for client commands (transcribe, generate, speak, ...)
+CLIENT_COMMANDS: tuple[str, ...] = (
+    "voxgrid.local_stack",
+    "services.stt.cli",
+    "services.llm.cli",
+    "services.tts.cli",
+    "services.duplex.cli",
+    "orchestrator.cli",
+    "loadtest.cli",
+)
+
+
+def service_module(name: str) -> Any:
+    try:
+        return importlib.import_module(SERVICES[name])
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            f"service {name!r} cannot start: {exc}. Install its extra: pip install 'voxgrid[{name}]'"
+        ) from exc
+
+
+def available_services() -> list[str]:
+    return [n for n, mod in SERVICES.items() if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None]
+
+
+def _serve(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SERVICES:
+        print(f"usage: voxgrid serve {{{','.join(SERVICES)}}} [--flags]\n"
+              "       voxgrid serve <service> --help   lists that service's settings", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = service_module(name)
+    parser = argparse.ArgumentParser(prog=f"voxgrid serve {name}", description=(module.__doc__ or "").strip())
+    add_settings_flags(parser, module.Settings)
+    args = parser.parse_args(argv[1:])
+    settings = settings_from_args(module.Settings, args)
+    logs.configure(settings.log_level, settings.log_format, service=name)
+    from voxgrid.server.chassis import serve
+
+    return asyncio.run(serve(module.create_runtime(settings), settings))
+
+
+def _settings(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="voxgrid settings", description="Print a service's settings.")
+    parser.add_argument("service", choices=list(SERVICES))
+    parser.add_argument("--markdown", action="store_true", help="as the README's table")
+    args = parser.parse_args(argv)
+    settings_cls = service_module(args.service).Settings
+    if args.markdown:
+        print(settings_table(settings_cls))
+    else:
+        for key, value in settings_cls().model_dump().items():
+            print(f"{key} = {value!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxgrid", description="Real-time voice agent cluster.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="run one service (voxgrid serve <service> --help)", add_help=False)
+    sub.add_parser("settings", help="print a service's settings (--markdown for the README table)", add_help=False)
+    for module_name in CLIENT_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that part of voxgrid is not in this checkout/extra
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        return _serve(argv[1:])
+    if argv and argv[0] == "settings":
+        return _settings(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], Any] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    logs.configure("WARNING")
+    result = func(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Cross-cutting policy applied to every RPC of every service: bearer-token auth and session admission.
+
+Both are interceptors so that a servicer never has to remember them. Admission counts every
+stream-stream RPC of the service's own gRPC services as one session (health and reflection are not
+sessions), refuses new ones while draining or full, and records how each one ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from voxgrid.metrics import ServiceMetrics
+
+log = logging.getLogger("voxgrid.server")
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Initial metadata sent when a stream is admitted; its value is the replica's live stream count.
+ADMITTED_HEADER = "voxgrid-admitted"
+
+
+def _aborting_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+                      trailing: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only fails with `code`."""
+
+    async def fail(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            # Take the client's first message before refusing: a client still sending when the status
+            # arrives sees its own write fail (INTERNAL) instead of the refusal.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(aiter(request)), 1.0)
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        await context.abort(code, message)
+
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return kind(fail, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """`authorization: Bearer <token>` on every call except health checks (probes carry no token)."""
+
+    def __init__(self, tokens: Callable[[], set[str]]) -> None:
+        self._tokens = tokens
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
+            return handler
+        tokens = self._tokens()
+        if not tokens:
+            return handler
+        header = dict(details.invocation_metadata or ()).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            return _aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
+                                     "missing credentials: send metadata `authorization: Bearer <token>`")
+        if scheme.lower() != "bearer" or token.strip() not in tokens:
+            return _aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
+                                     "invalid bearer token: check the token this deployment issued you")
+        return handler
+
+
+class SessionGate(grpc.aio.ServerInterceptor):
+    """Admission control and accounting for the service's bidi streams."""
+
+    def __init__(self, service: str, service_names: list[str], max_sessions: int, metrics: ServiceMetrics) -> None:
+        self.service = service
+        self._prefixes = tuple(f"/{name}/" for name in service_names)
+        self.max_sessions = max_sessions
+        self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._metrics = metrics
+        metrics.session_capacity.set(max_sessions)
+
+    def _refusal(self) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None:
+        if self.draining:
+            return (grpc.StatusCode.UNAVAILABLE,
+                    f"this {self.service} replica is shutting down: open the stream on another replica", ())
+        if self.active >= self.max_sessions:
+            return (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this {self.service} replica is full ({self.active}/{self.max_sessions} streams): "
+                    "retry on another replica or later", (("retry-after-ms", "1000"),))
+        return None
+
+    async def wait_idle(self, within_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), within_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self._prefixes):
+            return handler
+        if not handler.request_streaming and not handler.response_streaming:
+            return self._count_errors_unary(handler)
+        if not (handler.request_streaming and handler.response_streaming):
+            return handler
+        refusal = self._refusal()
+        if refusal is not None:
+            self._metrics.errors.labels(refusal[0].name).inc()
+            return _aborting_handler(handler, *refusal)
+        return grpc.stream_stream_rpc_method_handler(
+            self._admitted(handler.stream_stream, details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _count_errors_unary(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        behavior = handler.unary_unary
+        metrics = self._metrics
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            finally:
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK, 0):
+                    metrics.errors.labels(getattr(code, "name", str(code))).inc()
+
+        return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _admitted(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        gate = self
+
+        async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            # Re-check at start: the handler lookup and the call can interleave with other admissions.
+            refusal = gate._refusal()
+            if refusal is not None:
+                gate._metrics.errors.labels(refusal[0].name).inc()
+                if refusal[2]:
+                    context.set_trailing_metadata(refusal[2])
+                await context.abort(refusal[0], refusal[1])
+            gate.active += 1
+            gate._idle.clear()
+            # Headers now tell the client it was admitted (a refusal arrives as a trailers-only status),
+            # so a router can try another replica before sending any work.
+            await context.send_initial_metadata(((ADMITTED_HEADER, str(gate.active)),))
+            gate._metrics.active_sessions.set(gate.active)
+            gate._metrics.sessions.inc()
+            started = time.monotonic()
+            try:
+                async for response in behavior(request_iterator, context):
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                log.exception("%s failed", method)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error in the {gate.service} service ({type(exc).__name__}: {exc}); "
+                    "this stream was closed, other streams are unaffected",
+                )
+            finally:
+                gate.active -= 1
+                gate._metrics.active_sessions.set(gate.active)
+                gate._metrics.session_seconds.observe(time.monotonic() - started)
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK, 0):
+                    gate._metrics.errors.labels(getattr(code, "name", str(code))).inc()
+                if gate.active == 0:
+                    gate._idle.set()
+
+        return stream
