@@ -68,7 +68,7 @@ class SlotSampler:
 
     def _sample(self, logits: torch.Tensor, temp: torch.Tensor, top_k: int, stream: int) -> torch.Tensor:
         logits = logits.float()
-        batch, card = logits.shape
+        card = logits.shape[-1]
         greedy = temp <= 0
         scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
         if 0 < top_k < card:
