@@ -242,6 +242,8 @@ class MoshiBatchModel(BatchedDuplexModel):
         return str(self._tokenizer.id_to_piece(token)).replace("▁", " ")
 
     def info(self) -> dict[str, str]:
+        if not hasattr(self, "lm_gen"):
+            return {"slots": str(self.batch_size), "loaded": "false"}
         return {
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
