@@ -20,7 +20,9 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # Pinned torch only: an unpinned one pulls the newest CUDA wheels (GBs).
 "${pip[@]}" "$torch_spec"
 "${pip[@]}" --no-deps "moshi==0.2.13"
-"${pip[@]}" "numpy<2.3" safetensors "huggingface-hub<1.0" einops sentencepiece "sphn<0.3" aiohttp tqdm
+# Within moshi's own ranges where they exist (only its torch pin is overridden).
+"${pip[@]}" "numpy<2.3" "safetensors>=0.4,<0.8" "huggingface-hub<1.0" einops sentencepiece "sphn<0.3" \
+    "aiohttp>=3.10.5,<3.12" tqdm
 # voxgrid core runtime + test tools.
 "${pip[@]}" grpcio grpcio-health-checking grpcio-reflection protobuf prometheus-client pydantic \
     pydantic-settings soxr soundfile "audioop-lts>=0.2; python_version >= '3.13'" \

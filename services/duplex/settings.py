@@ -37,7 +37,8 @@ class DuplexSettings(ServerSettings):
     top_k_text: int = Field(25, ge=0, description="Text tokens considered when sampling (0 = all).")
     top_k_audio: int = Field(250, ge=0, description="Audio tokens considered when sampling (0 = all).")
     stall_timeout_s: float = Field(
-        10.0, gt=0, description="A session whose client sends no audio this long is ended (its slot freed)."
+        10.0, gt=0, description="A session missing this much audio in a row (in model frames fed silence) "
+        "is ended and its slot freed; the same wait applies to a session that never sends audio.",
     )
     max_buffered_s: float = Field(
         30.0, gt=0, description="Audio a client may send ahead of the model before it is told to slow down."

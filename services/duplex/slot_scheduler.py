@@ -9,7 +9,8 @@ hands each session its frame through the event loop. Nothing here runs model cod
 
 A session joins the batch with its first full frame of audio (its slot is reset then), leaves when it
 closes (its slot is masked and free at once), and ends cleanly after `end()` once its buffered audio
-has been stepped. A client silent for `stall_timeout_s` is ended with `SessionFailure("stalled")`.
+has been stepped. A client whose audio is missing for `stall_timeout_s` of consecutive model frames (or
+that sends none at all for that long after joining) is ended with `SessionFailure("stalled")`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class SlotSession:
         self.input_ended = False
         self.closed = False
         self.frames_late = 0
+        self.late_streak = 0  # consecutive frames fed silence
         self.frames_out = 0
         self.last_audio_at = time.monotonic()
 
@@ -252,6 +254,7 @@ class SlotScheduler:
     def _collect(self) -> list[tuple[SlotSession, np.ndarray]]:
         """Pick this step's input per slot (lock held): (session, frame)."""
         now = time.monotonic()
+        frame_s = self.model.frame_ms / 1000.0
         batch = []
         for slot, s in enumerate(self._slots):
             if s is None:
@@ -272,12 +275,16 @@ class SlotScheduler:
                 if s.input_ended:
                     self._finish(slot, s, None)
                     continue
-                if now - s.last_audio_at > self.stall_timeout_s:
+                # Stalling is counted in model frames, not wall time: a slow step never ends a session.
+                if (s.late_streak + 1) * frame_s > self.stall_timeout_s:
                     self._finish(slot, s, self._stalled())
                     continue
                 frame = np.zeros(self.model.frame_size, dtype=np.float32)
                 s.frames_late += 1
+                s.late_streak += 1
                 self._m_late.inc()
+            else:
+                s.late_streak = 0
             batch.append((s, frame))
         return batch
 
