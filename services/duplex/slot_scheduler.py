@@ -147,14 +147,12 @@ class SlotScheduler:
     """Owns the model and the worker thread; sessions are opened and released from the event loop."""
 
     def __init__(
-        self, model: BatchedDuplexModel, *, stall_timeout_s: float = 10.0, max_buffered_s: float = 30.0,
-        realtime: bool = True,
+        self, model: BatchedDuplexModel, *, stall_timeout_s: float = 10.0, max_buffered_s: float = 30.0
     ) -> None:
         self.model = model
         self.capacity = model.batch_size
         self.stall_timeout_s = stall_timeout_s
         self.max_buffered_s = max_buffered_s
-        self.realtime = realtime
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._slots: list[SlotSession | None] = [None] * self.capacity
@@ -237,7 +235,7 @@ class SlotScheduler:
             with self.lock:
                 if self._stopping:
                     return
-                if next_tick is not None and self.realtime:
+                if next_tick is not None:
                     delay = next_tick - time.monotonic()
                     if delay > 0:
                         self.cond.wait(delay)
