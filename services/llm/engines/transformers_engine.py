@@ -1,0 +1,429 @@
+"""The CPU engine: a Hugging Face causal LM driven one token step at a time by a single worker thread.
+
+One thread owns the model. It admits queued requests up to `max_running`, then walks the running ones
+round-robin, one step each (a prefill chunk or one decoded token), so a long answer cannot starve a
+short one and a cancel is seen before the next step. Tokens reach the event loop through each
+request's `GenerationHandle` (`loop.call_soon_threadsafe`); the event loop never touches the model.
+
+Prewarm is real: the worker computes the KV cache of the prefix and keeps it per session
+(`SessionPrefixCache`); a generate reuses the longest matching token prefix, so only the new tail of
+the prompt is computed before the first token. Finished turns are kept the same way, so the next turn
+of a conversation starts from the cache too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from services.llm.assets import resolve_model
+from services.llm.chat import ToolCallParser, render_prompt
+from services.llm.engines.base import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    RESOURCE_EXHAUSTED,
+    Finished,
+    FinishReason,
+    GenerationHandle,
+    GenerationRequest,
+    LlmEngine,
+    Message,
+    ModelDescription,
+    PrewarmResult,
+    RequestError,
+    RequestFailed,
+    TextDelta,
+    ToolCallEvent,
+    ToolSpec,
+)
+from services.llm.engines.prefix_cache import SessionPrefixCache
+from services.llm.engines.sampling import choose_next_token
+from services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
+from services.llm.metrics import LlmMetrics
+
+if TYPE_CHECKING:
+    from services.llm.settings import LlmSettings
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 512  # prompt tokens computed per worker step, so a long prompt does not stall others
+
+
+def prompt_too_long(prompt_tokens: int, context: int, model: str) -> str:
+    return (
+        f"the prompt is {prompt_tokens} tokens but the context window of {model} is {context} tokens "
+        "(prompt and answer together): drop or summarise earlier messages"
+    )
+
+
+@dataclass
+class _Active:
+    """A generation the worker owns (state touched only by the worker thread)."""
+
+    handle: GenerationHandle
+    admitted: float
+    prompt_ids: torch.Tensor | None = None
+    past: Any = None
+    prefilled: int = 0
+    cached: int = 0
+    max_new: int = 0
+    generated: list[int] = field(default_factory=list)
+    next_input: int | None = None
+    first_token_at: float | None = None
+    last_token_at: float = 0.0
+    detokenizer: IncrementalDetokenizer | None = None
+    stopper: StopStringMatcher | None = None
+    parser: ToolCallParser | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class _PrewarmJob:
+    session_id: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...]
+    future: asyncio.Future[PrewarmResult]
+    loop: asyncio.AbstractEventLoop
+    arrival: float = field(default_factory=time.perf_counter)
+
+
+class TransformersEngine(LlmEngine):
+    kind = "transformers"
+
+    def __init__(self, settings: LlmSettings) -> None:
+        self.settings = settings
+        self.metrics = LlmMetrics()
+        self.prefix_cache = SessionPrefixCache(settings.prefix_cache_sessions, settings.prefix_cache_entries)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.context_len = 0
+        self._eos_ids: set[int] = set()
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[GenerationHandle] = collections.deque()
+        self._prewarms: collections.deque[_PrewarmJob] = collections.deque()
+        self._running: list[_Active] = []
+        self._turn = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._worker, name="llm-transformers", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        path = resolve_model(s.model)
+        dtype: Any = "auto" if s.dtype == "auto" else getattr(torch, s.dtype)
+        started = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(s.device).eval()
+        model_max = int(getattr(self.model.config, "max_position_embeddings", 0) or 32768)
+        self.context_len = min(s.max_model_len, model_max) if s.max_model_len else model_max
+        eos = self.model.generation_config.eos_token_id
+        self._eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        if self.tokenizer.eos_token_id is not None:
+            self._eos_ids.add(self.tokenizer.eos_token_id)
+        with torch.inference_mode():  # first forward pays one-off allocation costs; not a request's
+            self.model(input_ids=torch.tensor([[0]], device=s.device))
+        log.info("loaded %s (%s) in %.1fs, context %d", s.model, path, time.perf_counter() - started,
+                 self.context_len)
+
+    async def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        for handle in list(self._waiting):
+            handle.push_threadsafe(Finished(FinishReason.CANCELLED))
+        self._waiting.clear()
+        for job in self._prewarms:
+            job.loop.call_soon_threadsafe(_fail_future, job.future, RequestError(INTERNAL, "engine stopped"))
+        self._prewarms.clear()
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            name=self.settings.model_name,
+            engine=self.kind,
+            properties={
+                "context_length": str(self.context_len),
+                "device": self.settings.device,
+                "dtype": self.settings.dtype,
+                "max_running": str(self.settings.max_running),
+                "tools": "true",
+            },
+        )
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # -- API used by the servicer (event loop side) -----------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> GenerationHandle:
+        handle = GenerationHandle(request, self._on_cancel)
+        with self._cond:
+            if self._stopping:
+                full = "the engine is shutting down: retry on another replica"
+            elif len(self._waiting) + len(self._running) >= self.settings.max_waiting + self.settings.max_running:
+                full = (f"the engine queue is full ({len(self._waiting)} waiting, {len(self._running)} running): "
+                        "retry later or on another replica")
+            else:
+                full = ""
+                self._waiting.append(handle)
+                self.metrics.waiting.set(len(self._waiting))
+                self._cond.notify()
+        if full:
+            handle.push(RequestFailed(RESOURCE_EXHAUSTED, full))
+            handle.push(Finished(FinishReason.ERROR))
+        return handle
+
+    async def prewarm(
+        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+    ) -> PrewarmResult:
+        loop = asyncio.get_running_loop()
+        job = _PrewarmJob(session_id, messages, tools, loop.create_future(), loop)
+        with self._cond:
+            if self._stopping:
+                raise RequestError(RESOURCE_EXHAUSTED, "the engine is shutting down")
+            self._prewarms.append(job)
+            self._cond.notify()
+        return await job.future
+
+    def end_session(self, session_id: str) -> None:
+        self.prefix_cache.drop_session(session_id)
+
+    def _on_cancel(self, handle: GenerationHandle) -> None:
+        with self._cond:
+            try:
+                self._waiting.remove(handle)
+            except ValueError:
+                self._cond.notify()  # running: the worker finishes it before its next step
+                return
+            self.metrics.waiting.set(len(self._waiting))
+        self.metrics.cancellations.inc()
+        handle.push(Finished(FinishReason.CANCELLED, total_ms=_ms_since(handle.request.arrival)))
+
+    # -- worker thread ----------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._stopping and not (self._waiting or self._prewarms or self._running):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    self._admit()
+                    job = self._prewarms.popleft() if self._prewarms else None
+                if job is not None:
+                    self._run_prewarm(job)
+                self._reap_cancelled()
+                if self._running:
+                    self._turn %= len(self._running)
+                    active = self._running[self._turn]
+                    self._turn += 1
+                    try:
+                        self._step(active)
+                    except Exception as exc:  # a bad request must not take the engine down
+                        log.exception("generation %s failed", active.handle.request_id)
+                        active.handle.push_threadsafe(RequestFailed(INTERNAL, f"the engine failed: {exc}"))
+                        self._finish(active, FinishReason.ERROR)
+            for active in list(self._running):
+                self._finish(active, FinishReason.CANCELLED)
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) < self.settings.max_running:
+            handle = self._waiting.popleft()
+            now = time.perf_counter()
+            self.metrics.queue_wait.observe(now - handle.request.arrival)
+            self._running.append(_Active(handle=handle, admitted=now))
+        self.metrics.waiting.set(len(self._waiting))
+        self.metrics.running.set(len(self._running))
+
+    def _reap_cancelled(self) -> None:
+        for active in [a for a in self._running if a.handle.cancel_requested]:
+            self.metrics.cancellations.inc()
+            self._finish(active, FinishReason.CANCELLED)
+
+    def _encode(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool) -> torch.Tensor:
+        text = render_prompt(self.tokenizer, messages, tools, add_generation_prompt=for_generate)
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+        return ids.to(self.settings.device)
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _forward(self, ids: torch.Tensor, past: Any) -> torch.Tensor:
+        """Run ``ids`` after ``past`` (extended in place); returns the logits of the last position."""
+        out = self.model(input_ids=ids[None, :], cache=past, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]
+
+    def _run_prewarm(self, job: _PrewarmJob) -> None:
+        try:
+            ids = self._encode(job.messages, job.tools, for_generate=False)
+            if ids.numel() >= self.context_len:
+                raise RequestError(INVALID_ARGUMENT, prompt_too_long(ids.numel(), self.context_len,
+                                                                     self.settings.model_name))
+            matched, past = self.prefix_cache.take(job.session_id, ids)
+            if past is None:
+                past = self._new_cache()
+            for start in range(matched, ids.numel(), PREFILL_CHUNK):
+                self._forward(ids[start : start + PREFILL_CHUNK], past)
+            self.prefix_cache.store(job.session_id, ids, past)
+            self.metrics.prewarms.inc()
+            result: PrewarmResult | BaseException = PrewarmResult(int(ids.numel()), _ms_since(job.arrival))
+        except RequestError as exc:
+            result = exc
+        except Exception as exc:
+            log.exception("prewarm failed")
+            result = RequestError(INTERNAL, f"prewarm failed: {exc}")
+        if isinstance(result, BaseException):
+            job.loop.call_soon_threadsafe(_fail_future, job.future, result)
+        else:
+            job.loop.call_soon_threadsafe(_resolve_future, job.future, result)
+
+    def _start_request(self, active: _Active) -> bool:
+        """Tokenise and look up the prefix cache; False when the request failed."""
+        request = active.handle.request
+        ids = self._encode(request.messages, request.tools, for_generate=True)
+        if ids.numel() >= self.context_len:
+            active.prompt_ids = ids
+            active.handle.push_threadsafe(RequestFailed(
+                INVALID_ARGUMENT, prompt_too_long(ids.numel(), self.context_len, self.settings.model_name)))
+            self._finish(active, FinishReason.ERROR)
+            return False
+        active.prompt_ids = ids
+        active.cached, active.past = self.prefix_cache.take(request.session_id, ids)
+        if active.past is None:
+            active.past = self._new_cache()
+        active.prefilled = active.cached
+        self.metrics.record_prefix_lookup(int(ids.numel()), active.cached)
+        active.max_new = min(request.sampling.max_tokens, self.context_len - int(ids.numel()))
+        active.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        active.stopper = StopStringMatcher(request.stop)
+        active.parser = ToolCallParser(request.tools)
+        if request.sampling.seed is not None:
+            active.generator = torch.Generator(device=self.settings.device).manual_seed(request.sampling.seed)
+        return True
+
+    def _step(self, active: _Active) -> None:
+        """One unit of work for one request: a prefill chunk, or one decoded token."""
+        if active.prompt_ids is None and not self._start_request(active):
+            return
+        assert active.prompt_ids is not None
+        total = int(active.prompt_ids.numel())
+        if active.prefilled < total:
+            end = min(active.prefilled + PREFILL_CHUNK, total)
+            logits = self._forward(active.prompt_ids[active.prefilled : end], active.past)
+            active.prefilled = end
+            if end < total:
+                return
+        else:
+            assert active.next_input is not None
+            logits = self._forward(torch.tensor([active.next_input], device=self.settings.device), active.past)
+        seen = torch.cat([active.prompt_ids, torch.tensor(active.generated, dtype=torch.long,
+                                                          device=active.prompt_ids.device)])
+        token = choose_next_token(logits, active.handle.request.sampling, seen, active.generator)
+        self._on_token(active, token)
+
+    def _on_token(self, active: _Active, token: int) -> None:
+        now = time.perf_counter()
+        if active.first_token_at is None:
+            active.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - active.handle.request.arrival)
+        else:
+            self.metrics.inter_token_latency.observe(now - active.last_token_at)
+        active.last_token_at = now
+        active.generated.append(token)
+        active.next_input = token
+        if token in self._eos_ids:
+            self._finish(active, FinishReason.STOP)
+            return
+        assert active.detokenizer and active.stopper
+        text = active.stopper.feed(active.detokenizer.push(token))
+        self._emit_text(active, text)
+        if active.stopper.stopped:
+            self._finish(active, FinishReason.STOP)
+        elif len(active.generated) >= active.max_new:
+            self._finish(active, FinishReason.LENGTH)
+
+    def _emit_text(self, active: _Active, text: str, final: bool = False) -> None:
+        assert active.parser is not None
+        chunk = active.parser.feed(text) if text else None
+        pieces = [chunk] if chunk else []
+        if final:
+            pieces.append(active.parser.finish())
+        for piece in pieces:
+            if piece.text:
+                active.handle.push_threadsafe(TextDelta(piece.text))
+            for call in piece.tool_calls:
+                active.handle.push_threadsafe(ToolCallEvent(call))
+
+    def _finish(self, active: _Active, reason: FinishReason) -> None:
+        if active in self._running:
+            self._running.remove(active)
+            self.metrics.running.set(len(self._running))
+        request = active.handle.request
+        if reason in (FinishReason.STOP, FinishReason.LENGTH) and active.parser is not None:
+            assert active.stopper is not None
+            self._emit_text(active, active.stopper.flush(), final=True)
+            if active.parser.calls:
+                reason = FinishReason.TOOL_CALLS
+            if active.past is not None and active.prompt_ids is not None:
+                # Keep this turn's cache: the next turn of the conversation starts with it.
+                full = torch.cat([active.prompt_ids, torch.tensor(active.generated, dtype=torch.long,
+                                                                  device=active.prompt_ids.device)])
+                self.prefix_cache.store(request.session_id, full[: active.past.get_seq_length()], active.past)
+        active.past = None  # frees a cancelled/failed request's KV cache now
+        prompt_tokens = 0 if active.prompt_ids is None else int(active.prompt_ids.numel())
+        self.metrics.tokens.labels("prompt").inc(prompt_tokens)
+        self.metrics.tokens.labels("cached_prompt").inc(active.cached)
+        self.metrics.tokens.labels("completion").inc(len(active.generated))
+        total_s = time.perf_counter() - request.arrival
+        self.metrics.request_duration.labels(reason.value).observe(total_s)
+        active.handle.push_threadsafe(Finished(
+            reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(active.generated),
+            cached_prompt_tokens=active.cached,
+            time_to_first_token_ms=0.0 if active.first_token_at is None
+            else (active.first_token_at - request.arrival) * 1000.0,
+            queue_ms=(active.admitted - request.arrival) * 1000.0,
+            total_ms=total_s * 1000.0,
+        ))
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _resolve_future(future: asyncio.Future[PrewarmResult], result: PrewarmResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail_future(future: asyncio.Future[PrewarmResult], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

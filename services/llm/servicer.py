@@ -1,0 +1,55 @@
+"""The gRPC edge of the LLM service: reads the stream, hands requests to a `ChatSession`, answers.
+
+Only parsing, validation and relaying happen here; every model step runs in the engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.llm import protocol
+from services.llm.engines.base import LlmEngine
+from services.llm.session import ChatSession
+from services.llm.settings import LlmSettings
+from voxgrid.server.streams import Outbox, abort, bind_session, pump, read_config
+from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
+
+
+class LanguageModelServicer(llm_pb2_grpc.LanguageModelServicer):
+    def __init__(self, engine: LlmEngine, settings: LlmSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    async def Chat(
+        self, request_iterator: AsyncIterator[llm_pb2.ChatRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.ChatResponse]:
+        config = await read_config(request_iterator, context)
+        served = self.settings.model_name
+        if config.model and config.model != served:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"model {config.model!r} is not served here: this replica serves {served!r} "
+                        "(leave `model` empty for the default)")
+        if config.adapter and config.adapter not in self.engine.adapters():
+            offered = ", ".join(self.engine.adapters()) or "none"
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"adapter {config.adapter!r} is not served here (adapters: {offered}); "
+                        "leave `adapter` empty for the base model")
+        session_id = config.session_id or f"llm-{uuid.uuid4().hex[:12]}"
+        bind_session(session_id)
+        outbox: Outbox[llm_pb2.ChatResponse] = Outbox()
+        session = ChatSession(self.engine, outbox, session_id, config.adapter,
+                              self.settings.max_requests_per_stream)
+        try:
+            async for response in pump(request_iterator, session.on_request, outbox, context,
+                                       on_requests_end=session.finish_requests):
+                yield response
+        finally:
+            session.close()
+
+    async def ListModels(
+        self, request: audio_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> audio_pb2.ListModelsResponse:
+        return audio_pb2.ListModelsResponse(models=[protocol.model_info(self.engine.describe())])
