@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -76,7 +77,7 @@ class SlotSession:
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._input = FrameBuffer(scheduler.model.frame_size)
-        self._frames_ready: list[np.ndarray] = []
+        self._frames_ready: deque[np.ndarray] = deque()
         # Guarded by scheduler.lock:
         self.started = False
         self.input_ended = False
@@ -131,7 +132,7 @@ class SlotSession:
 
     # --- worker side (call with scheduler.lock held) ------------------------------------------------
     def _take_frame(self) -> np.ndarray | None:
-        return self._frames_ready.pop(0) if self._frames_ready else None
+        return self._frames_ready.popleft() if self._frames_ready else None
 
     def _has_frame(self) -> bool:
         return bool(self._frames_ready)
