@@ -16,9 +16,11 @@ run: setup
 demo: setup
 	$(PY) -m voxgrid up --demo --exit-after-demo --log-dir .cache/logs
 
-## test: the whole CPU test suite (unit + loopback end-to-end with real small models + chart)
-test: setup tools
-	$(PY) -m pytest -m "not gpu" -p no:cacheprovider
+## test: the whole CPU test suite (unit + loopback end-to-end with real small models + chart), then the
+## duplex tests in their own venv (moshi pins its own torch)
+test: setup tools duplex-env
+	$(PY) -m pytest -m "not gpu" -p no:cacheprovider --ignore=tests/duplex
+	PYTHONPATH=. $(DUPLEX_VENV)/bin/python -m pytest tests/duplex -m "not gpu" -p no:cacheprovider
 
 ## test-fast: unit tests only
 test-fast: setup
