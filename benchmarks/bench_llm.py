@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.llm.app import LlmRuntime  # noqa: E402
-from services.llm.client import ChatStream, Result, assistant, system, user  # noqa: E402
-from services.llm.settings import LlmSettings  # noqa: E402
-from voxgrid.client import channel  # noqa: E402
-from voxgrid.server.chassis import start_server  # noqa: E402
-from voxgrid.v1 import audio_pb2, llm_pb2  # noqa: E402
+from services.llm.app import LlmRuntime
+from services.llm.client import ChatStream, Result, assistant, system, user
+from services.llm.settings import LlmSettings
+from voxgrid.client import channel
+from voxgrid.server.chassis import start_server
+from voxgrid.v1 import audio_pb2, llm_pb2
 
 QUESTIONS = [
     "What is the capital of France?",
