@@ -3,10 +3,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-SYSTEM_PACKAGES := flite asterisk-core-sounds-en-wav
+SYSTEM_PACKAGES := flite asterisk-core-sounds-en-wav prometheus
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run demo test test-fast bench lint protos setup system clean
+.PHONY: run demo test test-fast bench lint protos setup system tools clean
 
 ## run: start the local stack (STT, LLM, TTS, orchestrator on localhost, CPU) and talk to it once
 run: setup
@@ -17,7 +17,7 @@ demo: setup
 	$(PY) -m voxgrid up --demo --exit-after-demo --log-dir .cache/logs
 
 ## test: the whole CPU test suite (unit + loopback end-to-end with real small models + chart)
-test: setup
+test: setup tools
 	$(PY) -m pytest -m "not gpu" -p no:cacheprovider
 
 ## test-fast: unit tests only
@@ -36,6 +36,10 @@ protos: setup
 	$(PY) -m voxgrid.protogen
 
 setup: system $(VENV)/.installed
+
+## tools: the official helm binary under .tools/ for the chart tests (idempotent; they skip without it)
+tools: $(VENV)/.installed
+	PYTHON=$(PY) deploy/tools/fetch-helm.sh || echo "helm could not be fetched: the chart tests will skip"
 
 system:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -1,0 +1,1 @@
+"""voxgrid services: one package per gRPC service."""

@@ -1,0 +1,42 @@
+"""Orchestrator settings: where the backends are, and the defaults a session config can override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from voxgrid.config import ServerSettings
+
+
+class Settings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXGRID_ORCHESTRATOR_", extra="forbid")
+
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port of the Agent service; 0 picks a free one.")
+    max_sessions: int = Field(200, ge=1, description="Concurrent conversations this replica runs.")
+    stt_backends: str = Field(
+        "", description="STT replicas: `static:host:port,...`, `dns:NAME:PORT` (every address of a headless "
+        "Service) or `k8s:NAMESPACE/SERVICE:PORT` (EndpointSlice watch).")
+    llm_backends: str = Field("", description="LLM replicas, same forms as stt_backends.")
+    tts_backends: str = Field("", description="TTS replicas, same forms as stt_backends.")
+    duplex_backends: str = Field("", description="Duplex (Moshi) replicas, same forms; empty disables duplex mode.")
+    backend_token: str = Field("", description="Bearer token the orchestrator presents to its backends.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="How long opening a backend stream may take.")
+    dns_refresh_s: float = Field(5.0, gt=0, description="How often dns: backends are re-resolved.")
+    default_system_prompt: str = Field(
+        "You are a helpful voice assistant. Answer in one or two short spoken sentences, without lists or "
+        "markdown.", description="Persona used when a session sets none.")
+    max_history_tokens: int = Field(2048, ge=64, description="Default token budget of the rolling history.")
+    max_tokens: int = Field(120, ge=1, description="Default cap on tokens per agent answer.")
+    knowledge_dir: Path | None = Field(
+        None, description="Folder of text documents for the knowledge tool; each subfolder is a collection, "
+        "files directly inside form the collection `default`.")
+    playout_lead_ms: int = Field(
+        300, ge=0, description="How far ahead of real-time playback agent audio is sent: less makes barge-in "
+        "stop sooner, more absorbs network jitter.")
+    tts_first_chunk_chars: int = Field(
+        24, ge=0, description="The agent starts speaking at the first clause or at the first word boundary past "
+        "this many characters of the answer, whichever comes first (0 = the TTS replica's default). Small "
+        "values cut first-audio latency when the LLM writes slower than a whole clause per 100 ms.")
+    reconnect_attempts: int = Field(2, ge=0, description="Times a session re-opens a lost backend stage.")

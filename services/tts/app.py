@@ -1,0 +1,60 @@
+"""voxgrid TTS service: streaming text in, audio chunks with speech marks out (Piper on CPU, Kokoro on GPU)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from services.tts.engines.base import TtsEngine
+from services.tts.scheduler import SynthesisScheduler
+from services.tts.servicer import TextToSpeechServicer
+from services.tts.settings import TtsSettings
+from voxgrid.server.chassis import ServiceRuntime
+from voxgrid.v1 import tts_pb2, tts_pb2_grpc
+
+Settings = TtsSettings
+
+
+def create_engine(settings: TtsSettings) -> TtsEngine:
+    if settings.engine == "kokoro":
+        from services.tts.engines.kokoro_engine import KokoroEngine
+
+        return KokoroEngine(settings.kokoro_model_path, settings.kokoro_voices_path, settings.device,
+                            settings.onnx_threads, settings.kokoro_lang)
+    from services.tts.engines.piper_engine import PiperEngine
+
+    return PiperEngine(settings.extra_voice_paths(), settings.device, settings.onnx_threads)
+
+
+class TtsRuntime(ServiceRuntime):
+    name = "tts"
+
+    def __init__(self, settings: TtsSettings, engine: TtsEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine(settings)
+        self.scheduler = SynthesisScheduler(self.engine, settings.worker_threads)
+
+    def service_names(self) -> list[str]:
+        return [tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        tts_pb2_grpc.add_TextToSpeechServicer_to_server(
+            TextToSpeechServicer(self.engine, self.scheduler, self.settings), server
+        )
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.engine.load)
+        if self.settings.default_voice:
+            self.engine.voice(self.settings.default_voice)  # fail at start, not on the first call
+        self.scheduler.start()
+        # One throwaway synthesis so the first caller does not pay onnxruntime's lazy initialisation.
+        await asyncio.to_thread(lambda: list(self.engine.synthesize("Ready.", self.engine.voices()[0].name, 1.0)))
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)
+        self.engine.close()
+
+
+def create_runtime(settings: TtsSettings) -> TtsRuntime:
+    return TtsRuntime(settings)
