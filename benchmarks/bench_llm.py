@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import pct, table
 from services.llm.app import LlmRuntime
 from services.llm.client import ChatStream, Result, assistant, system, user
 from services.llm.settings import LlmSettings
@@ -54,13 +55,6 @@ HISTORY = [
     user("Hi, is this Trattoria Lucia?"),
     assistant("Yes, this is Ava at Trattoria Lucia. How can I help you today?"),
 ]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 @dataclass
@@ -167,20 +161,24 @@ async def main(args: argparse.Namespace) -> None:
     print(f"\n### LLM service, {args.engine} engine, model `{args.model}` (loopback gRPC, server-side timing)\n")
     print(f"max_tokens {args.max_tokens}, greedy, persona + history prompt (~{len(PERSONA) // 4 + 60} tokens), "
           f"context {prompt_tokens}\n")
-    print("| concurrent streams | requests | TTFT p50 ms | TTFT p95 ms | tokens/s per stream | tokens/s total |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r.concurrency} | {r.requests} | {r.ttft_p50:.0f} | {r.ttft_p95:.0f} | "
-              f"{r.stream_tokens_per_s:.1f} | {r.total_tokens_per_s:.1f} |")
-    print("\n| cancel → done (after 2nd delta) | samples | p50 ms | p99 ms | max ms |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| cancel | {len(cancels)} | {pct(cancels, 50):.1f} | {pct(cancels, 99):.1f} | {max(cancels):.1f} |")
+    print(table(
+        ["concurrent streams", "requests", "TTFT p50 ms", "TTFT p95 ms", "tokens/s per stream", "tokens/s total"],
+        [[r.concurrency, r.requests, r.ttft_p50, r.ttft_p95, r.stream_tokens_per_s, r.total_tokens_per_s]
+         for r in rows],
+    ))
+    print()
+    print(table(
+        ["cancel → done (sent after the 2nd delta)", "samples", "p50 ms", "p99 ms", "max ms"],
+        [["cancel", len(cancels), pct(cancels, 50), pct(cancels, 99), max(cancels)]],
+    ))
     ratio = statistics.median(warm) / statistics.median(cold)
-    print("\n| same prompts | rounds | TTFT p50 ms | TTFT p95 ms | cached prompt tokens (median) |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| no prewarm | {len(cold)} | {statistics.median(cold):.0f} | {pct(cold, 95):.0f} | 0 |")
-    print(f"| prewarm (partial transcript) | {len(warm)} | {statistics.median(warm):.0f} | {pct(warm, 95):.0f} | "
-          f"{statistics.median(cached):.0f} |")
+    print()
+    print(table(
+        ["same prompts", "rounds", "TTFT p50 ms", "TTFT p95 ms", "cached prompt tokens (median)"],
+        [["no prewarm", len(cold), statistics.median(cold), pct(cold, 95), 0],
+         ["prewarm (partial transcript)", len(warm), statistics.median(warm), pct(warm, 95),
+          int(statistics.median(cached))]],
+    ))
     print(f"\nprewarm / no-prewarm TTFT ratio (p50): {ratio:.2f}")
 
 
