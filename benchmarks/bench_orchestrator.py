@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, ServiceProcess, cpu_seconds, free_port, pct, table
 from orchestrator.client import TE, AgentCall, session_config
-from voxgrid.audio import read_wav
 from voxgrid.client import channel
+from voxgrid.speech import synthesize
 from voxgrid.v1 import agent_pb2_grpc
 
 RATE = 16000
@@ -96,10 +97,7 @@ async def overhead(sessions: list[int], turns: int) -> None:
 
 
 def flite(text: str, path: Path) -> np.ndarray:
-    subprocess.run(["flite", "-t", text, "-o", str(path)], check=True)
-    x, rate = read_wav(path)
-    import soxr
-
+    x, rate = synthesize(text, path)
     return soxr.resample(x, rate, RATE).astype(np.float32)
 
 

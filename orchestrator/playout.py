@@ -47,10 +47,14 @@ class Playout:
         self.sent: list[Chunk] = []
         self.client_played_ms: float | None = None
         self._complete = False  # no more audio will come for this turn
+        self.held = False  # a speculative turn's audio waits for the endpoint
+        self.first_ready_at = 0.0  # when the turn's first chunk was queued
         self._task = asyncio.create_task(self._run())
 
-    def start_turn(self, turn_id: int) -> None:
+    def start_turn(self, turn_id: int, held: bool = False) -> None:
         self.turn_id = turn_id
+        self.held = held
+        self.first_ready_at = 0.0
         self.turn_started_at = 0.0
         self.turn_audio_ms = 0.0
         self.sent_ms = 0.0
@@ -64,6 +68,8 @@ class Playout:
             return  # audio of a turn that is over (cancelled): never played
         chunk.turn_offset_ms = self.turn_audio_ms
         self.turn_audio_ms += chunk.duration_ms
+        if not self.first_ready_at:
+            self.first_ready_at = time.monotonic()
         self._queue.append(chunk)
         self._wake.set()
 
@@ -72,8 +78,14 @@ class Playout:
         self._complete = True
         self._wake.set()
 
+    def release(self) -> None:
+        """The endpoint confirmed a speculative turn: its audio may go out now."""
+        self.held = False
+        self._wake.set()
+
     def clear(self) -> None:
         """Stop sending at once (barge-in)."""
+        self.held = False
         self._queue.clear()
         self._complete = False
         self.turn_id = -1
@@ -111,6 +123,10 @@ class Playout:
 
     async def _run(self) -> None:
         while True:
+            if self.held:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             if not self._queue:
                 if self._complete and self.turn_id >= 0:
                     self._complete = False

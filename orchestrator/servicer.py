@@ -94,7 +94,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     config, session_id, self.runtime.backends, ToolRunner(list(config.tools), self.runtime.knowledge),
                     out, system_prompt=s.default_system_prompt, max_history_tokens=s.max_history_tokens,
                     max_tokens=s.max_tokens, playout_lead_ms=s.playout_lead_ms,
-                    reconnect_attempts=s.reconnect_attempts, tts_first_chunk_chars=s.tts_first_chunk_chars)
+                    reconnect_attempts=s.reconnect_attempts, tts_first_chunk_chars=s.tts_first_chunk_chars,
+                    speculative_turns=s.speculative_turns)
             await session.open()
         except BackendError as err:
             code = err.code if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED else grpc.StatusCode.UNAVAILABLE

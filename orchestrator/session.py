@@ -33,6 +33,7 @@ from voxgrid.v1 import agent_pb2, audio_pb2, llm_pb2, stt_pb2, tts_pb2
 log = logging.getLogger("voxgrid.orchestrator.session")
 Event = tuple[str, Any]
 TE = agent_pb2.TurnEvent
+MAX_TOOL_ROUNDS = 3  # generate requests of one turn that may call tools
 # Backchannels never interrupt, whatever their length.
 BACKCHANNELS = frozenset({"uh-huh", "uh huh", "mhm", "mm-hmm", "mm hmm", "hmm", "yeah", "yes", "yep", "okay", "ok",
                           "right", "sure", "i see", "got it", "uh", "um", "ah", "oh"})
@@ -79,8 +80,13 @@ class Turn:
     llm_done: bool = False
     segments: list[Segment] = field(default_factory=list)
     tool_calls: list[audio_pb2.ToolCall] = field(default_factory=list)
+    seen_calls: set[tuple[str, str]] = field(default_factory=set)  # (name, arguments) already run this turn
     interrupted: bool = False
     cancelled: bool = False
+    speculative: bool = False  # prepared from STT's preview; its audio waits for the endpoint
+    utterance_id: int = 0  # the caller utterance it answers
+    history_snapshot: tuple[int, str | None] = (0, None)  # to undo a voided speculative turn
+    held_done: llm_pb2.GenerationDone | None = None  # tool calls wait for the endpoint
 
     @property
     def answer_segment(self) -> Segment | None:
@@ -102,7 +108,8 @@ class PipelineSession:
 
     def __init__(self, config: agent_pb2.SessionConfig, session_id: str, backends: Backends, tools: ToolRunner,
                  out: Outbox[agent_pb2.ConverseResponse], *, system_prompt: str, max_history_tokens: int,
-                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int, tts_first_chunk_chars: int = 0) -> None:
+                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int,
+                 tts_first_chunk_chars: int = 0, speculative_turns: bool = True) -> None:
         self.config = config
         self.session_id = session_id
         self.backends = backends
@@ -124,6 +131,7 @@ class PipelineSession:
         self.allow_interruptions = tt.allow_interruptions if tt.HasField("allow_interruptions") else True
         self.reconnect_attempts = reconnect_attempts
         self.tts_first_chunk_chars = tts_first_chunk_chars
+        self.speculative_turns = speculative_turns
         self.sm = StateMachine()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.streams: dict[str, StageStream] = {}
@@ -328,6 +336,8 @@ class PipelineSession:
                 self._on_speech_started(ev)
             elif ev.kind == stt_pb2.SpeechEvent.KIND_SPEECH_ENDED:
                 self._on_speech_ended(ev)
+            elif ev.kind == stt_pb2.SpeechEvent.KIND_SPEECH_RESUMED:
+                self._on_speech_resumed(ev)
         elif which == "transcript":
             tr = response.transcript
             self._emit(agent_pb2.ConverseResponse(user_transcript=tr))
@@ -358,6 +368,9 @@ class PipelineSession:
     def _on_partial(self, tr: stt_pb2.Transcript) -> None:
         if tr.utterance_id != self.utterance_id:
             return
+        if tr.speculative:
+            self._on_preview(tr)
+            return
         self.utterance_text = tr.text
         if self._barge_pending == tr.utterance_id:
             if len(_words(tr.text)) >= self.min_interruption_words and not _is_backchannel(tr.text):
@@ -365,6 +378,47 @@ class PipelineSession:
             return
         if self.turn is None and tr.committed_text and tr.committed_text != self._prewarmed_text:
             self._prewarm(tr.committed_text)
+
+    def _on_preview(self, tr: stt_pb2.Transcript) -> None:
+        """The caller fell silent and STT previews the final: prepare the answer, hold its audio."""
+        if (not self.speculative_turns or self.turn is not None or self._barge_pending == tr.utterance_id
+                or tr.utterance_id in self._backchannel_utterances or not tr.text.strip()):
+            return
+        self._start_turn(tr.text.strip(), speech_end_at=0.0, endpoint_at=0.0, final_at=0.0,
+                         speculative_utterance=tr.utterance_id)
+
+    def _on_speech_resumed(self, ev: stt_pb2.SpeechEvent) -> None:
+        turn = self.turn
+        if turn is not None and turn.speculative and turn.utterance_id == ev.utterance_id:
+            self._void_speculation(turn)
+
+    def _void_speculation(self, turn: Turn) -> None:
+        """The caller went on talking: drop the prepared answer without a trace."""
+        turn.cancelled = True
+        self.streams["llm"].send(llm_pb2.ChatRequest(cancel=llm_pb2.CancelRequest(request_id=turn.request_id)))
+        if any(not s.done for s in turn.segments):
+            self.tts_draining = True
+            self.streams["tts"].send(tts_pb2.SynthesizeRequest(control=tts_pb2.TtsControl(
+                action=tts_pb2.TtsControl.ACTION_CANCEL)))
+        self.playout.clear()
+        length, last_user = turn.history_snapshot
+        del self.conversation.history[length:]
+        if last_user is not None and self.conversation.history:
+            self.conversation.history[-1].content = last_user
+        self.turn = None
+        telemetry.SPECULATIONS.labels("voided").inc()
+
+    def _confirm_speculation(self, turn: Turn, speech_end_at: float, endpoint_at: float, final_at: float) -> None:
+        turn.speculative = False
+        turn.speech_end_at, turn.endpoint_at, turn.final_at = speech_end_at, endpoint_at, final_at
+        self.sm.to(State.THINKING, "caller finished (answer prepared)")
+        self.playout.release()
+        telemetry.SPECULATIONS.labels("confirmed").inc()
+        if turn.held_done is not None:
+            done, turn.held_done = turn.held_done, None
+            self._on_generation_done(turn, done)
+        else:
+            self._maybe_turn_complete(turn)
 
     def _confirm_barge_in(self) -> None:
         self._barge_pending = None
@@ -400,6 +454,12 @@ class PipelineSession:
         endpoint_at = self.endpoint_at if self.endpoint_at and self.endpoint_at <= now else now
         speech_end_at = self.speech_end_at if self.speech_end_at else endpoint_at
         self.endpoint_at = self.speech_end_at = 0.0
+        turn = self.turn
+        if turn is not None and turn.speculative and turn.utterance_id == tr.utterance_id:
+            if text == turn.user_text:
+                self._confirm_speculation(turn, speech_end_at, endpoint_at, now)
+                return
+            self._void_speculation(turn)
         if not text:
             if self.sm.is_(State.USER_SPEAKING):
                 self.sm.to(State.LISTENING, "no words")
@@ -422,14 +482,20 @@ class PipelineSession:
         self.streams["llm"].send(llm_pb2.ChatRequest(prewarm=llm_pb2.PrewarmRequest(
             messages=self.conversation.messages(pending_user=partial), tools=self.tools.schemas())))
 
-    def _start_turn(self, user_text: str, *, speech_end_at: float, endpoint_at: float, final_at: float) -> None:
+    def _start_turn(self, user_text: str, *, speech_end_at: float, endpoint_at: float, final_at: float,
+                    speculative_utterance: int = 0) -> None:
+        history = self.conversation.history
+        snapshot = (len(history), history[-1].content if history else None)
         if not (self._last_turn_unanswered() and self.conversation.append_to_last_user(user_text)):
             self.conversation.add(Message("user", user_text))
         self._prewarmed_text = ""
-        turn = Turn(next(self._turn_ids), user_text, speech_end_at, endpoint_at, final_at)
+        turn = Turn(next(self._turn_ids), user_text, speech_end_at, endpoint_at, final_at,
+                    speculative=bool(speculative_utterance), utterance_id=speculative_utterance,
+                    history_snapshot=snapshot)
         self.turn = turn
-        self.playout.start_turn(turn.turn_id)
-        self.sm.to(State.THINKING, "caller finished")
+        self.playout.start_turn(turn.turn_id, held=turn.speculative)
+        if not turn.speculative:
+            self.sm.to(State.THINKING, "caller finished")
         self._generate(turn)
 
     def _last_turn_unanswered(self) -> bool:
@@ -437,7 +503,7 @@ class PipelineSession:
         h = self.conversation.history
         return bool(h) and h[-1].role == "user"
 
-    def _generate(self, turn: Turn) -> None:
+    def _generate(self, turn: Turn, allow_tools: bool = True) -> None:
         turn.rounds += 1
         turn.request_id = f"{turn.turn_id}.{turn.rounds}.{next(self._request_ids)}"
         turn.llm_done = False
@@ -445,7 +511,7 @@ class PipelineSession:
         turn.generate_sent_at = time.monotonic()
         self.streams["llm"].send(llm_pb2.ChatRequest(generate=llm_pb2.GenerateRequest(
             request_id=turn.request_id, messages=self.conversation.messages(), sampling=self.sampling,
-            tools=self.tools.schemas())))
+            tools=self.tools.schemas() if allow_tools else [])))
 
     def _on_llm(self, response: llm_pb2.ChatResponse) -> None:
         which = response.WhichOneof("event")
@@ -490,8 +556,18 @@ class PipelineSession:
                 action=tts_pb2.TtsControl.ACTION_FLUSH)))
 
     def _on_generation_done(self, turn: Turn, done: llm_pb2.GenerationDone) -> None:
+        if turn.speculative and done.finish_reason == llm_pb2.FINISH_REASON_TOOL_CALLS:
+            turn.held_done = done  # no tool side effects before the caller has really finished
+            return
         self._flush_tts(turn)
-        if done.finish_reason == llm_pb2.FINISH_REASON_TOOL_CALLS and turn.tool_calls and turn.rounds < 4:
+        if done.finish_reason == llm_pb2.FINISH_REASON_TOOL_CALLS and turn.tool_calls:
+            fresh = [c for c in turn.tool_calls if (c.name, c.arguments_json) not in turn.seen_calls]
+            if not fresh or turn.rounds >= MAX_TOOL_ROUNDS:
+                # Small models can loop on a tool; the results are in the context: make it answer.
+                self._generate(turn, allow_tools=False)
+                return
+            turn.tool_calls = fresh
+            turn.seen_calls.update((c.name, c.arguments_json) for c in fresh)
             self.conversation.add(Message("assistant", turn.text[turn.history_chars:].strip(),
                                           tool_calls=list(turn.tool_calls)))
             turn.history_chars = len(turn.text)
@@ -601,10 +677,16 @@ class PipelineSession:
         ttft = max(0.0, turn.first_token_at - turn.generate_sent_at) * ms if turn.first_token_at else 0.0
         ttfa = max(0.0, turn.first_audio_at - turn.first_tts_text_at) * ms if turn.first_tts_text_at else 0.0
         tool = turn.tool_s * ms
+        speculative = turn.generate_sent_at < turn.final_at
+        if speculative:  # the stages overlapped the endpoint wait: overhead is release -> audio out
+            ready = max(turn.final_at, self.playout.first_ready_at or turn.final_at)
+            overhead = max(0.0, turn.first_audio_at - ready) * ms
+        else:
+            overhead = v2v - endpoint_wait - stt - ttft - ttfa - tool
         latency = agent_pb2.TurnLatency(
             turn_id=turn.turn_id, voice_to_voice_ms=v2v, endpoint_wait_ms=endpoint_wait, stt_finalization_ms=stt,
             llm_time_to_first_token_ms=ttft, tts_time_to_first_audio_ms=ttfa, tool_ms=tool,
-            orchestration_overhead_ms=v2v - endpoint_wait - stt - ttft - ttfa - tool)
+            orchestration_overhead_ms=overhead, speculative=speculative)
         telemetry.observe(latency)
         return latency
 
@@ -619,6 +701,8 @@ class PipelineSession:
         self._finish_turn(turn, heard=turn.text)
 
     def _maybe_turn_complete(self, turn: Turn) -> None:
+        if turn.speculative:
+            return  # decided at the endpoint (_confirm_speculation)
         if turn.llm_done and all(s.done for s in turn.segments):
             if not self.playout.sent and not self.playout.turn_audio_ms:
                 self._finish_turn(turn, heard=turn.text)  # nothing to say (or nothing speakable)
@@ -640,6 +724,9 @@ class PipelineSession:
     def _interrupt(self, reason: str, reaction_from: float) -> None:
         turn = self.turn
         if turn is None:
+            return
+        if turn.speculative:
+            self._void_speculation(turn)
             return
         turn.cancelled = turn.interrupted = True
         self.streams["llm"].send(llm_pb2.ChatRequest(cancel=llm_pb2.CancelRequest(request_id=turn.request_id)))

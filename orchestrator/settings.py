@@ -39,4 +39,7 @@ class Settings(ServerSettings):
         24, ge=0, description="The agent starts speaking at the first clause or at the first word boundary past "
         "this many characters of the answer, whichever comes first (0 = the TTS replica's default). Small "
         "values cut first-audio latency when the LLM writes slower than a whole clause per 100 ms.")
+    speculative_turns: bool = Field(
+        True, description="Start the answer on STT's speculative preview (the caller fell silent, the endpoint "
+        "has not fired yet) and release its audio at the endpoint; wasted LLM/TTS work when the caller resumes.")
     reconnect_attempts: int = Field(2, ge=0, description="Times a session re-opens a lost backend stage.")

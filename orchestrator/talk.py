@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -16,14 +14,16 @@ from google.protobuf.json_format import MessageToDict
 from orchestrator.client import TE, AgentCall, CallRecord, session_config
 from voxgrid.audio import MULAW, PCM16, AudioSpec, read_wav, write_wav
 from voxgrid.client import channel
+from voxgrid.speech import FliteMissing, synthesize
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
 
 def synthesize_question(text: str, path: Path) -> Path:
     """Speech made on the spot with flite (no model files needed)."""
-    if shutil.which("flite") is None:
-        raise SystemExit("flite is not installed: `apt-get install flite`, or pass --input a.wav")
-    subprocess.run(["flite", "-t", text, "-o", str(path)], check=True)
+    try:
+        synthesize(text, path)
+    except FliteMissing as exc:
+        raise SystemExit(f"{exc}, or pass --input a.wav") from exc
     return path
 
 

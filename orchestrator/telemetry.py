@@ -17,6 +17,8 @@ TURNS = metrics.counter(S, "turns", "Agent turns answered.", ["mode"])
 INTERRUPTIONS = metrics.counter(S, "interruptions", "Agent turns cut off by the caller.")
 TOOL_CALLS = metrics.counter(S, "tool_calls", "Tool calls run, by outcome.", ["tool", "outcome"])
 BACKEND_RECONNECTS = metrics.counter(S, "backend_reconnects", "Stage streams re-opened mid-session.", ["stage"])
+SPECULATIONS = metrics.counter(S, "speculative_turns", "Answers prepared before the endpoint, by outcome.",
+                               ["outcome"])
 SESSIONS_BY_MODE = metrics.gauge(S, "sessions_by_mode", "Live sessions by mode.", ["mode"])
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from voxgrid.audio import read_wav
+from voxgrid.speech import FliteMissing, synthesize
 
 
 def cuda_available() -> bool:
@@ -32,11 +30,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def synthesize_speech(text: str, path: Path) -> tuple[np.ndarray, int]:
     """Real (synthetic) speech from flite: clear English that whisper transcribes nearly perfectly."""
-    if shutil.which("flite") is None:
+    try:
+        return synthesize(text, path)
+    except FliteMissing:
         pytest.skip("flite is not installed (make setup installs it with apt-get)")
-    if not path.exists():
-        subprocess.run(["flite", "-t", text, "-o", str(path)], check=True)
-    return read_wav(path)
 
 
 @pytest.fixture(scope="session")

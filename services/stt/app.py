@@ -24,7 +24,7 @@ def build_engine(settings: SttSettings) -> SttEngine:
         settings.model, device=settings.device, compute_type=settings.compute_type,
         cpu_threads=settings.cpu_threads, beam_size=settings.beam_size,
         partial_beam_size=settings.partial_beam_size, window_quantum_s=settings.window_quantum_s,
-        name=settings.model_name,
+        final_window_quantum_s=settings.final_window_quantum_s, name=settings.model_name,
     )
     return engine
 
@@ -48,7 +48,9 @@ class SttRuntime(ServiceRuntime):
             self.engine, max_batch_size=settings.max_batch_size, on_queue_depth=self.metrics.queue_depth.set,
             on_batch=self._on_batch,
         )
-        self.servicer = SpeechToTextServicer(self.scheduler, endpointing_defaults(settings), self.metrics)
+        self.servicer = SpeechToTextServicer(
+            self.scheduler, endpointing_defaults(settings), self.metrics, final_keeps_commit=settings.final_keeps_commit
+        )
 
     def _on_batch(self, stats) -> None:
         self.metrics.batch_size.observe(stats.size)

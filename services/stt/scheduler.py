@@ -55,7 +55,7 @@ class DecodeScheduler:
         self.engine = engine
         self.max_batch_size = max(1, max_batch_size)
         self._on_queue_depth = on_queue_depth
-        self._on_batch = on_batch
+        self.batch_listeners: list[Callable[[BatchStats], None]] = [on_batch] if on_batch else []
         self._queue: list[DecodeJob] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -157,8 +157,8 @@ class DecodeScheduler:
                     self.running_jobs = []
             for job, hyp in zip(batch, results, strict=True):
                 job.future.set_result(hyp)
-            if self._on_batch is not None:
-                audio_s = sum(len(j.request.audio) for j in batch) / self.engine.sample_rate
-                wait = sum(started - j.submitted_at for j in batch) / len(batch)
-                self._on_batch(BatchStats(len(batch), sum(j.final for j in batch),
-                                          time.perf_counter() - started, audio_s, wait))
+            audio_s = sum(len(j.request.audio) for j in batch) / self.engine.sample_rate
+            wait = sum(started - j.submitted_at for j in batch) / len(batch)
+            stats = BatchStats(len(batch), sum(j.final for j in batch), time.perf_counter() - started, audio_s, wait)
+            for listener in self.batch_listeners:
+                listener(stats)

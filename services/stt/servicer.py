@@ -63,8 +63,12 @@ def endpointing_options(cfg: stt_pb2.EndpointingConfig, defaults: EndpointingOpt
 
 
 class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
-    def __init__(self, scheduler: DecodeScheduler, defaults: EndpointingOptions, stt_metrics: SttMetrics) -> None:
+    def __init__(
+        self, scheduler: DecodeScheduler, defaults: EndpointingOptions, stt_metrics: SttMetrics, *,
+        final_keeps_commit: bool = False,
+    ) -> None:
         self.scheduler = scheduler
+        self.final_keeps_commit = final_keeps_commit
         self.model: ModelInfo | None = None  # set once the engine has loaded
         self.defaults = defaults
         self.metrics = stt_metrics
@@ -96,6 +100,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             interim_results=config.interim_results, language=language,
             initial_prompt=config.initial_prompt.strip(),
             hotwords=tuple(h.strip() for h in config.hotwords if h.strip()),
+            final_keeps_commit=self.final_keeps_commit,
         )
 
     async def StreamingRecognize(
@@ -171,13 +176,14 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
     @staticmethod
     def _to_proto(ev: SpeechEventOut | TranscriptOut) -> stt_pb2.RecognizeResponse:
         if isinstance(ev, SpeechEventOut):
-            kind = stt_pb2.SpeechEvent.KIND_SPEECH_STARTED if ev.started else stt_pb2.SpeechEvent.KIND_SPEECH_ENDED
+            kind = (stt_pb2.SpeechEvent.KIND_SPEECH_RESUMED if ev.resumed else
+                    stt_pb2.SpeechEvent.KIND_SPEECH_STARTED if ev.started else stt_pb2.SpeechEvent.KIND_SPEECH_ENDED)
             return stt_pb2.RecognizeResponse(speech_event=stt_pb2.SpeechEvent(
                 kind=kind, audio_offset_ms=ev.offset_ms, utterance_id=ev.utterance_id))
         t = stt_pb2.Transcript(
             utterance_id=ev.utterance_id, text=ev.text, is_final=ev.is_final, committed_text=ev.committed_text,
             stability=ev.stability, start_ms=ev.start_ms, end_ms=ev.end_ms, confidence=ev.confidence,
-            language=ev.language,
+            language=ev.language, speculative=ev.speculative,
             # Finals carry their anchor (perf_counter of the end of speech) until they are yielded.
             latency_ms=ev.final_anchor if ev.is_final and ev.final_anchor is not None else ev.decode_ms,
         )

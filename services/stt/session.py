@@ -40,6 +40,7 @@ class SpeechEventOut:
     offset_ms: int
     utterance_id: int
     at: float = field(default_factory=time.perf_counter)
+    resumed: bool = False  # speech came back after a speculative preview was sent
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TranscriptOut:
     confidence: float = 0.0
     decode_ms: float = 0.0  # partials: what the decode took
     final_anchor: float | None = None  # finals: perf_counter of the speech_ended (or cut/flush) moment
+    speculative: bool = False  # a preview of the final, sent when silence began
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class RecognitionOptions:
     language: str = ""
     initial_prompt: str = ""
     hotwords: tuple[str, ...] = ()
+    final_keeps_commit: bool = False  # finals forced to start with the committed words
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _Utterance:
     partial: asyncio.Task[None] | None = None
     speculative: DecodeJob | None = None
     speculative_end: int = 0
+    previewed: bool = False  # the speculative decode's text went out as a preview
     prompt: str = ""
     audio_start: int = -1  # where its decode window starts; -1 = `start` minus the pre-roll
 
@@ -127,6 +131,9 @@ class RecognitionSession:
                 self._speculate(self._utt, self._endpointer.position)
             elif event.kind is Kind.RESUMED and self._utt is not None:
                 self._drop_speculation(self._utt)
+                if self._utt.previewed:
+                    self._utt.previewed = False
+                    self._emit(SpeechEventOut(False, _ms(event.sample), self._utt.uid, resumed=True))
             elif event.kind is Kind.ENDED and self._utt is not None:
                 self._end(event.sample, emit_event=True)
         utt = self._utt
@@ -220,8 +227,27 @@ class RecognitionSession:
         self._drop_speculation(utt)
         if utt.partial is not None:
             utt.partial.cancel()
-        utt.speculative = self._submit(utt, self._audio(utt.audio_start, end), final=True)
+        job = utt.speculative = self._submit(utt, self._audio(utt.audio_start, end), final=True)
         utt.speculative_end = end
+        loop = asyncio.get_running_loop()
+        job.future.add_done_callback(lambda _f: loop.call_soon_threadsafe(self._preview, utt, job))
+
+    def _preview(self, utt: _Utterance, job: DecodeJob) -> None:
+        """The speculative final is ready while the caller is still silent: send it as a preview."""
+        if self._utt is not utt or utt.speculative is not job or job.future.cancelled() or job.future.exception():
+            return
+        hyp = job.future.result()
+        text = self._final_text(utt, hyp)
+        if not text:
+            return
+        utt.previewed = True
+        self._emit(TranscriptOut(utt.uid, text, False, text, 1.0, _ms(utt.start), _ms(utt.speculative_end),
+                                 hyp.language, decode_ms=hyp.decode_s * 1000, speculative=True))
+
+    def _final_text(self, utt: _Utterance, hyp: Hypothesis) -> str:
+        if _is_silence(hyp):
+            return ""
+        return utt.agreement.final_text(hyp.text) if self.options.final_keeps_commit else hyp.text.strip()
 
     def _drop_speculation(self, utt: _Utterance) -> None:
         if utt.speculative is not None:
@@ -232,8 +258,9 @@ class RecognitionSession:
     # --- decodes --------------------------------------------------------------------------------------
     def _submit(self, utt: _Utterance, audio: np.ndarray, *, final: bool) -> DecodeJob:
         o = self.options
+        keep = not final or o.final_keeps_commit
         request = DecodeRequest(
-            audio=audio, prefix=utt.agreement.committed_text,
+            audio=audio, prefix=utt.agreement.committed_text if keep else "",
             prompt=" ".join(p for p in (o.initial_prompt, utt.prompt) if p),
             hotwords=", ".join(o.hotwords), language=o.language, final=final,
         )
@@ -268,7 +295,7 @@ class RecognitionSession:
             self._scheduler.cancel(job)
             raise
         silent = _is_silence(hyp)
-        text = "" if silent else utt.agreement.final_text(hyp.text)
+        text = self._final_text(utt, hyp)
         base = utt.audio_start / RATE
         words = () if silent else tuple(
             WordTiming(w.word, base + w.start_s, base + w.end_s, w.probability) for w in hyp.words

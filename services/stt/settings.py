@@ -27,8 +27,16 @@ class SttSettings(ServerSettings):
     partial_beam_size: int = Field(1, ge=1, le=10, description="Beam width of partial decodes (1 = greedy).")
     window_quantum_s: float = Field(
         10.0, ge=1.0, le=30.0,
-        description="Decode windows are padded to a multiple of this (max 30 s, whisper's native window). "
-        "30 is the most accurate; 10 makes the CPU encoder about 3x cheaper.",
+        description="Partial decode windows are padded to a multiple of this, s (30 = whisper's native window). "
+        "10 makes the encoder about 3x cheaper; shorter windows make whisper repeat itself more often.",
+    )
+    final_window_quantum_s: float = Field(
+        30.0, ge=1.0, le=30.0, description="Same for final decodes, s; 30 matches offline accuracy.",
+    )
+    final_keeps_commit: bool = Field(
+        False,
+        description="Force finals to start with the committed partial text (committed text then never changes, "
+        "even in the final). Off: the final is decoded afresh over the utterance, as accurate as offline.",
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Most decode windows run in one batch.")
     min_silence_ms: int = Field(300, ge=50, le=5000, description="Default silence that ends an utterance, ms.")

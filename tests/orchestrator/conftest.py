@@ -43,8 +43,8 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def fake_stack(script: list[str], *, llm: FakeLlm | None = None, tts: FakeTts | None = None,
-                     knowledge_dir: Path | None = None, **orchestrator_kw):
-    fakes = {"stt": FakeStt(script), "llm": llm or FakeLlm(), "tts": tts or FakeTts()}
+                     knowledge_dir: Path | None = None, stt: FakeStt | None = None, **orchestrator_kw):
+    fakes = {"stt": stt or FakeStt(script), "llm": llm or FakeLlm(), "tts": tts or FakeTts()}
     makers = {"stt": stt_runtime, "llm": llm_runtime, "tts": tts_runtime}
     async with contextlib.AsyncExitStack() as stack:
         servers = {name: await stack.enter_async_context(start_server(makers[name](fake), backend_settings()))

@@ -37,8 +37,9 @@ SE = stt_pb2.SpeechEvent
 
 class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
     def __init__(self, script: list[str], min_silence_ms: int = 300, partial_every_ms: int = 200,
-                 when_script_ends: str = "") -> None:
+                 when_script_ends: str = "", preview_after_ms: int = 0) -> None:
         self.script = deque(script)
+        self.preview_after_ms = preview_after_ms  # like the real STT's speculative final
         self.when_script_ends = when_script_ends
         self.min_silence_ms = min_silence_ms
         self.partial_every_ms = partial_every_ms
@@ -48,7 +49,7 @@ class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
         spec = AudioSpec.from_proto(config.format)
         out: Outbox = Outbox()
         state = {"pos": 0.0, "speaking": False, "start": 0.0, "last_voice": 0.0, "uid": 0, "words": [],
-                 "next_partial": 0.0}
+                 "next_partial": 0.0, "previewed": False}
 
         def final() -> None:
             words = state["words"]
@@ -75,6 +76,10 @@ class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
             state["pos"] += frame_ms
             if loud:
                 state["last_voice"] = state["pos"]
+                if state["previewed"]:
+                    state["previewed"] = False
+                    out.put(stt_pb2.RecognizeResponse(speech_event=SE(
+                        kind=SE.KIND_SPEECH_RESUMED, audio_offset_ms=int(state["pos"]), utterance_id=state["uid"])))
                 if not state["speaking"]:
                     state.update(speaking=True, start=state["pos"] - frame_ms, uid=state["uid"] + 1,
                                  next_partial=state["pos"] + self.partial_every_ms)
@@ -89,7 +94,15 @@ class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
                         utterance_id=state["uid"], text=text, committed_text=text, stability=1.0,
                         start_ms=int(state["start"]))))
             elif state["speaking"] and state["pos"] - state["last_voice"] >= self.min_silence_ms:
+                state["previewed"] = False
                 final()
+            elif (state["speaking"] and self.preview_after_ms and not state["previewed"]
+                  and state["pos"] - state["last_voice"] >= self.preview_after_ms):
+                state["previewed"] = True
+                text = " ".join(state["words"])
+                out.put(stt_pb2.RecognizeResponse(transcript=stt_pb2.Transcript(
+                    utterance_id=state["uid"], text=text, committed_text=text, stability=1.0, speculative=True,
+                    start_ms=int(state["start"]), end_ms=int(state["last_voice"]))))
 
         async def on_end() -> None:
             if state["speaking"]:

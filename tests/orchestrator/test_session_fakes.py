@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.client import TE, AgentCall, session_config
 from tests.orchestrator.conftest import RATE, tone
-from tests.orchestrator.fakes import FakeLlm, FakeTts, echo_reply, tool_call
+from tests.orchestrator.fakes import FakeLlm, FakeStt, FakeTts, echo_reply, tool_call
 from voxgrid.v1 import agent_pb2, audio_pb2, llm_pb2
 
 pytestmark = pytest.mark.e2e
@@ -204,3 +204,39 @@ async def test_typed_text_turns_and_bad_audio(make_stack) -> None:
             await asyncio.wait_for(call.done.wait(), 5)
             assert call.error.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "not a whole number" in call.error.details()
+
+
+async def test_a_speculative_answer_is_released_at_the_endpoint(make_stack) -> None:
+    stt = FakeStt(["what is the time"], preview_after_ms=100)
+    async with make_stack([], stt=stt, llm=FakeLlm(ttft_s=0.1, token_delay_s=0.02)) as stack:
+        async with AgentCall(stack.stub, session_config()) as call:
+            t_end = await call.stream(tone(1.0), RATE)
+            await call.silence(10, until=lambda: call.turn_over(1)(call.record))
+            latency = call.record.of("latency")[0]
+            assert latency.speculative
+            first_audio = next(t for t, r in call.record.responses if r.WhichOneof("event") == "agent_audio")
+            endpoint = next(t for t, r in call.record.responses if r.WhichOneof("event") == "turn_event"
+                            and r.turn_event.kind == TE.KIND_USER_STOPPED_SPEAKING)
+            # No agent audio before the endpoint, though the answer was ready long before...
+            assert first_audio >= endpoint
+            # ...and it arrives right after: the LLM's 100 ms to first token was hidden in the silence.
+            assert latency.voice_to_voice_ms < latency.endpoint_wait_ms + latency.llm_time_to_first_token_ms
+            assert first_audio - t_end < 1.0
+            assert len(stack.llm.requests) == 1
+
+
+async def test_a_caller_who_resumes_after_a_pause_voids_the_speculative_answer(make_stack) -> None:
+    stt = FakeStt(["i would like to book a table for two"], preview_after_ms=100)
+    async with make_stack([], stt=stt, llm=FakeLlm(ttft_s=0.05, token_delay_s=0.05)) as stack:
+        async with AgentCall(stack.stub, session_config()) as call:
+            await call.stream(tone(0.6), RATE)
+            await call.silence(0.2)  # a pause: the preview goes out, the answer starts...
+            await call.stream(tone(0.6), RATE)  # ...but the caller goes on
+            await call.silence(10, until=lambda: bool(call.record.events(TE.KIND_AGENT_STOPPED_SPEAKING)))
+            assert stack.llm.cancels == 1 and len(stack.llm.requests) == 2
+            assert not call.record.events(TE.KIND_INTERRUPTED)
+            assert len(call.record.of("latency")) == 1  # the caller heard one answer
+            users = [m for m in stack.llm.requests[-1].messages if m.role == llm_pb2.ROLE_USER]
+            assert [u.content for u in users] == ["i would like to book a table for two"]
+            turn_ids = {a.turn_id for a in call.record.of("agent_audio")}
+            assert turn_ids == {2}  # nothing of the voided answer was played

@@ -551,6 +551,7 @@ class TurnLatency(_message.Message):
     TOOL_MS_FIELD_NUMBER: _builtins.int
     INTERRUPTED_FIELD_NUMBER: _builtins.int
     ENDPOINT_WAIT_MS_FIELD_NUMBER: _builtins.int
+    SPECULATIVE_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.int
     voice_to_voice_ms: _builtins.float
     """Arrival of the caller's last speech audio to the first agent audio sent to the client: what the
@@ -569,6 +570,12 @@ class TurnLatency(_message.Message):
     interrupted: _builtins.bool
     endpoint_wait_ms: _builtins.float
     """Arrival of the last speech audio to the endpoint (the silence the endpointer waits for)."""
+    speculative: _builtins.bool
+    """The answer was prepared speculatively from STT's preview while the endpointer still waited, and
+    released at the endpoint. The LLM and TTS times then overlapped endpoint_wait and do not add up to
+    voice_to_voice; orchestration_overhead_ms is the time from "final transcript and first audio both
+    ready" to that audio leaving.
+    """
     def __init__(
         self,
         *,
@@ -581,10 +588,11 @@ class TurnLatency(_message.Message):
         tool_ms: _builtins.float = ...,
         interrupted: _builtins.bool = ...,
         endpoint_wait_ms: _builtins.float = ...,
+        speculative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "orchestration_overhead_ms", b"orchestration_overhead_ms", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "orchestration_overhead_ms", b"orchestration_overhead_ms", "speculative", b"speculative", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

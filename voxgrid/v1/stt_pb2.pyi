@@ -167,12 +167,15 @@ class EndpointingConfig(_message.Message):
     min_silence_ms: _builtins.int
     """Silence after speech that ends an utterance, ms. Default 300. Range [50, 5000]."""
     min_speech_ms: _builtins.int
-    """Speech shorter than this is ignored as noise (no final is sent), ms. Default 150."""
+    """Speech shorter than this is ignored as noise (no event, no final), ms. Default 150.
+    `speech_started` is sent as soon as this much speech has been seen; its offset is the speech onset.
+    """
     vad_threshold: _builtins.float
     """Silero VAD speech probability threshold. Default 0.5. Range (0, 1)."""
     max_utterance_ms: _builtins.int
     """An utterance longer than this is cut and finalised, so decode cost stays bounded, ms.
-    Default 15000. Range [1000, 30000].
+    Default 15000. Range [1000, 30000]. A cut utterance's final comes without `speech_ended`; the next
+    utterance's `speech_started` (offset = the cut) follows at once.
     """
     partial_interval_ms: _builtins.int
     """How often the growing utterance is re-decoded for partials, ms. Default 400. Range [100, 5000]."""
@@ -253,6 +256,10 @@ class SpeechEvent(_message.Message):
         """VAD saw speech start. Sent before any partial of that utterance."""
         KIND_SPEECH_ENDED: SpeechEvent._Kind.ValueType  # 2
         """VAD saw `min_silence_ms` of silence after speech. The final follows."""
+        KIND_SPEECH_RESUMED: SpeechEvent._Kind.ValueType  # 3
+        """Speech resumed after a `speculative` transcript of this utterance was sent: that preview is
+        void (the utterance goes on; its final will differ).
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: SpeechEvent.Kind.ValueType  # 0
@@ -260,6 +267,10 @@ class SpeechEvent(_message.Message):
     """VAD saw speech start. Sent before any partial of that utterance."""
     KIND_SPEECH_ENDED: SpeechEvent.Kind.ValueType  # 2
     """VAD saw `min_silence_ms` of silence after speech. The final follows."""
+    KIND_SPEECH_RESUMED: SpeechEvent.Kind.ValueType  # 3
+    """Speech resumed after a `speculative` transcript of this utterance was sent: that preview is
+    void (the utterance goes on; its final will differ).
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     AUDIO_OFFSET_MS_FIELD_NUMBER: _builtins.int
@@ -328,13 +339,19 @@ class Transcript(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    SPECULATIVE_FIELD_NUMBER: _builtins.int
     utterance_id: _builtins.int
     text: _builtins.str
-    """The whole text of the utterance so far (committed + unstable); on a final, the final text."""
+    """The whole text of the utterance so far (committed + unstable); on a final, the final text
+    (empty when the utterance turned out not to be speech, e.g. noise).
+    """
     is_final: _builtins.bool
     """True once per utterance: the text will not change any more."""
     committed_text: _builtins.str
-    """Prefix of `text` confirmed by consecutive decodes: it never changes in later partials."""
+    """Prefix of `text` confirmed by consecutive decodes: it never changes in later partials. The final
+    is decoded afresh over the whole utterance (offline accuracy) and may revise it, unless the server
+    runs with final_keeps_commit.
+    """
     stability: _builtins.float
     """Share of `text` that is committed, [0, 1]; 1.0 on finals."""
     start_ms: _builtins.int
@@ -345,8 +362,16 @@ class Transcript(_message.Message):
     language: _builtins.str
     """Language the model decoded in."""
     latency_ms: _builtins.float
-    """Finals: wall-clock from end of speech (VAD) to this result leaving the server, ms.
-    Partials: wall-clock the decode that produced it took, ms.
+    """Finals: wall-clock from the moment the server emitted this utterance's `speech_ended` event (or
+    received the flush/end, or cut the utterance) to this final leaving the server, ms. The final
+    decode starts speculatively early in the silence, so this is usually a few ms.
+    Partials: wall-clock the decode (batch) that produced it took, ms.
+    """
+    speculative: _builtins.bool
+    """A preview of the final, decoded as soon as the caller fell silent (speculative_final_ms into the
+    silence, before the endpoint): unless KIND_SPEECH_RESUMED follows, the final carries exactly this
+    text. An agent can start preparing its answer here and release it at the endpoint. Never set on
+    finals; `stability` is 1.0.
     """
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]:
@@ -366,10 +391,11 @@ class Transcript(_message.Message):
         confidence: _builtins.float = ...,
         language: _builtins.str = ...,
         latency_ms: _builtins.float = ...,
+        speculative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "speculative", b"speculative", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,7 @@ class FasterWhisperEngine(SttEngine):
         beam_size: int = 5,
         partial_beam_size: int = 1,
         window_quantum_s: float = 10.0,
+        final_window_quantum_s: float = 30.0,
         max_new_tokens: int = 160,
         name: str = "",
     ) -> None:
@@ -57,6 +58,7 @@ class FasterWhisperEngine(SttEngine):
         self.beam_size = beam_size
         self.partial_beam_size = partial_beam_size
         self.window_quantum_s = min(max(window_quantum_s, 1.0), 30.0)
+        self.final_window_quantum_s = min(max(final_window_quantum_s, 1.0), 30.0)
         self.max_new_tokens = max_new_tokens
         self._model = None
         self._tokenizers: dict[str, object] = {}
@@ -94,10 +96,11 @@ class FasterWhisperEngine(SttEngine):
             return "tiny.en"
         return Path(self.model_name).name or self.model_name
 
-    def window_frames(self, n_samples: int) -> int:
+    def window_frames(self, n_samples: int, final: bool = False) -> int:
         """Mel frames of the padded window for `n_samples` of audio (10 ms per frame, max 3000)."""
-        seconds = n_samples / self.sample_rate + _TAIL_PAD_S
-        padded = min(30.0, math.ceil(seconds / self.window_quantum_s) * self.window_quantum_s)
+        quantum = self.final_window_quantum_s if final else self.window_quantum_s
+        seconds = min(n_samples / self.sample_rate, self.max_window_s - _TAIL_PAD_S) + _TAIL_PAD_S
+        padded = min(30.0, math.ceil(seconds / quantum) * quantum)
         return int(padded * 100)
 
     def _tokenizer(self, language: str):
@@ -114,9 +117,7 @@ class FasterWhisperEngine(SttEngine):
     def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
         started = time.perf_counter()
         results: list[Hypothesis | None] = [None] * len(requests)
-        max_s = self.max_window_s - _TAIL_PAD_S
-        frames = max(self.window_frames(min(len(r.audio), int(max_s * self.sample_rate))) for r in requests)
-        groups: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+        groups: dict[tuple[int, int, int, str], list[int]] = defaultdict(list)
         prompts: list[list[int]] = []
         for i, req in enumerate(requests):
             tok = self._tokenizer(req.language)
@@ -126,8 +127,9 @@ class FasterWhisperEngine(SttEngine):
             )
             prompts.append(prompt)
             beam = self.beam_size if req.final else self.partial_beam_size
-            groups[(prompt.index(tok.sot), beam, tok.language_code)].append(i)
-        for (_, beam, lang), rows in groups.items():
+            frames = self.window_frames(len(req.audio), req.final)
+            groups[(frames, prompt.index(tok.sot), beam, tok.language_code)].append(i)
+        for (frames, _, beam, lang), rows in groups.items():
             self._decode_group([requests[i] for i in rows], [prompts[i] for i in rows], rows, frames, beam,
                                lang, results)
         elapsed = time.perf_counter() - started
@@ -144,9 +146,10 @@ class FasterWhisperEngine(SttEngine):
         tok = self._tokenizer(lang)
         feats = np.stack([self._features(r.audio, frames) for r in reqs])
         encoded = m.encode(feats)
+        # Speech carries ~3-5 tokens/s; a budget of 8/s stops a hallucination loop early.
+        budget = min(self.max_new_tokens, 16 + int(8 * max(len(r.audio) for r in reqs) / self.sample_rate))
         generated = m.model.generate(
-            encoded, prompts, beam_size=beam, max_length=min(m.max_length, max(len(p) for p in prompts)
-                                                              + self.max_new_tokens),
+            encoded, prompts, beam_size=beam, max_length=min(m.max_length, max(len(p) for p in prompts) + budget),
             return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
             repetition_penalty=1.0, no_repeat_ngram_size=0,
         )

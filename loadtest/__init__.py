@@ -1,0 +1,1 @@
+"""Load generator for voxgrid: real-time-paced callers, latency percentiles, capacity search, fault scenarios."""

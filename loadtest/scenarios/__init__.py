@@ -1,0 +1,1 @@
+"""Reliability scenarios on the local stack; run each as `python -m loadtest.scenarios.<name>`."""

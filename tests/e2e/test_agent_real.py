@@ -1,0 +1,131 @@
+"""The agent end to end with the real services and small real models over loopback gRPC.
+
+STT is faster-whisper tiny.en, the LLM is the packaged Qwen2.5 0.5B instruct in bf16 on CPU, TTS is Piper;
+the caller's speech is made with flite and streamed in real time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+
+import pytest
+import pytest_asyncio
+import soxr
+
+from orchestrator.app import AgentRuntime
+from orchestrator.client import TE, AgentCall, session_config
+from orchestrator.settings import Settings
+from tests.conftest import synthesize_speech
+from voxgrid.client import channel
+from voxgrid.server.chassis import start_server
+from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+RATE = 16000
+
+
+def speech(text: str, speech_dir) -> object:
+    x, rate = synthesize_speech(text, speech_dir / (text[:40].replace(" ", "_").replace("?", "") + ".wav"))
+    return soxr.resample(x, rate, RATE).astype("float32")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def real_stack():
+    from services.llm.app import LlmRuntime, LlmSettings
+    from services.stt.app import SttRuntime, SttSettings
+    from services.tts.app import TtsRuntime, TtsSettings
+
+    async with contextlib.AsyncExitStack() as stack:
+        stt = await stack.enter_async_context(start_server(SttRuntime(SttSettings(port=0)), SttSettings(port=0)))
+        llm_settings = LlmSettings(port=0)
+        llm = await stack.enter_async_context(start_server(LlmRuntime(llm_settings), llm_settings))
+        tts = await stack.enter_async_context(start_server(TtsRuntime(TtsSettings(port=0)), TtsSettings(port=0)))
+        settings = Settings(port=0, stt_backends=stt.address, llm_backends=llm.address, tts_backends=tts.address,
+                            max_tokens=40)
+        orch = await stack.enter_async_context(start_server(AgentRuntime(settings), settings))
+        ch = await stack.enter_async_context(channel(orch.address))
+        yield agent_pb2_grpc.AgentStub(ch), {"stt": stt, "llm": llm, "tts": tts}
+
+
+async def ask(call: AgentCall, x, turn: int) -> None:
+    await call.stream(x, RATE)
+    await call.silence(90, until=lambda: call.turn_over(turn)(call.record) or call.done.is_set())
+    assert call.error is None, call.error
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_two_turn_spoken_conversation(real_stack, speech_dir) -> None:
+    stub, _ = real_stack
+    async with AgentCall(stub, session_config()) as call:
+        await ask(call, speech("What is the capital of France?", speech_dir), 1)
+        await ask(call, speech("And what is the capital of Germany?", speech_dir), 2)
+        finals = [f.lower() for f in call.record.finals()]
+        assert "capital of france" in finals[0] and "germany" in finals[1]
+        assert "paris" in call.record.agent_text(1).lower()
+        assert "berlin" in call.record.agent_text(2).lower()
+        lats = call.record.of("latency")
+        assert [x.turn_id for x in lats] == [1, 2] and all(x.voice_to_voice_ms > 0 for x in lats)
+        assert len(call.record.agent_audio(call.out_spec)) > RATE  # more than a second of speech came back
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_barge_in_with_real_models(real_stack, speech_dir) -> None:
+    stub, _ = real_stack
+    config = session_config(sampling=audio_pb2.SamplingParams(max_tokens=200),
+                            system_prompt="You are a storyteller. Always answer with a long story.")
+    async with AgentCall(stub, config) as call:
+        await call.stream(speech("Tell me a long story about a dragon.", speech_dir), RATE)
+        await call.silence(60, until=lambda: bool(call.record.events(TE.KIND_AGENT_STARTED_SPEAKING)))
+        await call.silence(1.5)
+        await call.stream(speech("Stop. What is two plus two?", speech_dir), RATE)
+        await call.silence(90, until=lambda: call.turn_over(2)(call.record) or call.done.is_set())
+        interrupted = call.record.events(TE.KIND_INTERRUPTED)
+        assert interrupted and interrupted[0].turn_id == 1
+        heard = interrupted[0].heard_text
+        full = call.record.agent_text(1)
+        assert full.startswith(heard) and len(heard) < len(full)
+        assert re.search(r"(2|two) plus (2|two)", call.record.finals()[-1].lower())
+        assert call.record.agent_text(2)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def weather_service():
+    """A real HTTP tool backend on loopback."""
+    from aiohttp import web
+
+    calls: list[dict] = []
+
+    async def weather(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        return web.Response(text="It is 18 degrees Celsius and sunny.")
+
+    app = web.Application()
+    app.router.add_post("/weather", weather)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/weather", calls
+    await runner.cleanup()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_tool_call_round_trip_with_the_real_model(real_stack, speech_dir, weather_service) -> None:
+    stub, _ = real_stack
+    url, calls = weather_service
+    tool = agent_pb2.AgentTool(
+        schema=audio_pb2.ToolSchema(name="get_weather", description="Get the current weather for a city.",
+                                    parameters_json=json.dumps({"type": "object", "properties": {
+                                        "city": {"type": "string"}}, "required": ["city"]})),
+        http_url=url, timeout_ms=2000)
+    async with AgentCall(stub, session_config(tools=[tool])) as call:
+        await ask(call, speech("What is the weather in Paris right now?", speech_dir), 1)
+        started = call.record.events(TE.KIND_TOOL_CALL_STARTED)
+        assert started and {e.tool_name for e in started} == {"get_weather"}
+        assert calls and "paris" in json.dumps(calls[0]).lower()
+        answer = call.record.agent_text(1).lower()
+        assert "18" in answer or "sunny" in answer or "eighteen" in answer
+        assert call.record.events(TE.KIND_AGENT_STOPPED_SPEAKING)
