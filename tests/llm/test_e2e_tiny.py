@@ -106,7 +106,10 @@ async def test_bad_requests_get_request_errors_and_the_stream_survives(tiny_chan
         too_long = await chat.generate("long", [user("word " * 600)])
         bad_sampling = await chat.generate("samp", [user("x")], audio_pb2.SamplingParams(temperature=3.5, top_p=0))
         bad_tool = await chat.generate("tool", [user("x")], tools=[audio_pb2.ToolSchema(name="bad name!")])
+        bad_prewarm = await chat.prewarm([])
         ok = await chat.generate("fine", [user("Still fine?")], short(2))
+    assert bad_prewarm is not None and bad_prewarm.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "messages` is empty" in bad_prewarm.error.message
     for result, code, words in [
         (empty, grpc.StatusCode.INVALID_ARGUMENT, "messages` is empty"),
         (unknown_role, grpc.StatusCode.INVALID_ARGUMENT, "ROLE_UNSPECIFIED"),
@@ -206,4 +209,11 @@ async def test_voxgrid_generate_cli_prints_json(tiny_server: Server) -> None:
     assert proc.returncode == 0, err.decode()
     answer = json.loads(out)
     assert answer["finish_reason"] == "FINISH_REASON_LENGTH" and answer["completion_tokens"] == 4
-    assert answer["time_to_first_token_ms"] > 0
+    assert answer["time_to_first_token_ms"] > 0 and answer["text"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voxgrid", "generate", "Say hi", "--target", tiny_server[0].address,
+        "--max-tokens", "4", "--system", "Be brief.", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0 and out.decode() and "time to first token" in err.decode()
