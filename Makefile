@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SYSTEM_PACKAGES := flite asterisk-core-sounds-en-wav prometheus
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run demo test test-fast bench lint protos setup system tools clean
+.PHONY: run demo test test-fast test-duplex duplex-env bench bench-duplex lint protos setup system tools clean
 
 ## run: start the local stack (STT, LLM, TTS, orchestrator on localhost, CPU) and talk to it once
 run: setup
@@ -27,6 +27,22 @@ test-fast: setup
 ## bench: every benchmark table (CPU)
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+## duplex-env: the duplex (Moshi) venv; moshi pins its own torch, so it never shares the main venv
+DUPLEX_VENV ?= .venv-duplex
+duplex-env: $(DUPLEX_VENV)/.installed
+
+$(DUPLEX_VENV)/.installed: deploy/duplex-env.sh
+	PYTHON=$(PYTHON) bash deploy/duplex-env.sh $(DUPLEX_VENV)
+	touch $@
+
+## test-duplex: the duplex tests (small random Moshi on CPU) in the duplex venv
+test-duplex: duplex-env
+	PYTHONPATH=. $(DUPLEX_VENV)/bin/python -m pytest tests/duplex -m "not gpu" -p no:cacheprovider
+
+## bench-duplex: step time per batch size (small random Moshi on CPU)
+bench-duplex: duplex-env
+	PYTHONPATH=. $(DUPLEX_VENV)/bin/python benchmarks/bench_duplex.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -58,4 +74,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(DUPLEX_VENV) .cache

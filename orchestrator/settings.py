@@ -36,7 +36,7 @@ class Settings(ServerSettings):
         300, ge=0, description="How far ahead of real-time playback agent audio is sent: less makes barge-in "
         "stop sooner, more absorbs network jitter.")
     tts_first_chunk_chars: int = Field(
-        24, ge=0, description="The agent starts speaking at the first clause or at the first word boundary past "
+        16, ge=0, description="The agent starts speaking at the first clause or at the first word boundary past "
         "this many characters of the answer, whichever comes first (0 = the TTS replica's default). Small "
         "values cut first-audio latency when the LLM writes slower than a whole clause per 100 ms.")
     speculative_turns: bool = Field(
