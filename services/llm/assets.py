@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 QWEN_05B = "qwen2.5-coder-0.5b-instruct"
 TINY_QWEN2 = "tiny-random-qwen2"
+# Config and tokenizer of a real-size 7B Qwen2.5 without weights: for vLLM with load_format=dummy.
+SHAPE_QWEN_7B = "qwen2.5-7b-shape-only"
 GGUF_PARTS = 6
 GGUF_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
@@ -41,7 +43,7 @@ def cache_dir() -> Path:
 
 def known_models() -> tuple[str, ...]:
     """Model names this module can build offline."""
-    return (QWEN_05B, TINY_QWEN2)
+    return (QWEN_05B, TINY_QWEN2, SHAPE_QWEN_7B)
 
 
 def resolve_model(name: str) -> str:
@@ -50,6 +52,8 @@ def resolve_model(name: str) -> str:
         return str(ensure_built(QWEN_05B, _build_qwen_05b))
     if name == TINY_QWEN2:
         return str(ensure_built(TINY_QWEN2, _build_tiny_qwen2))
+    if name == SHAPE_QWEN_7B:
+        return str(ensure_built(SHAPE_QWEN_7B, _build_qwen_7b_shape))
     expanded = Path(name).expanduser()
     if expanded.exists():
         return str(expanded)
@@ -151,4 +155,24 @@ def _build_tiny_qwen2(out_dir: Path) -> None:
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _build_qwen_7b_shape(out_dir: Path) -> None:
+    """Qwen2.5-7B-Instruct's architecture (config.json) and the real tokenizer, no weights.
+
+    vLLM with ``load_format=dummy`` serves it with random weights at full size: how GPU benchmarks
+    measure a real-size model without downloading one.
+    """
+    from transformers import AutoTokenizer, Qwen2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY_QWEN2))
+    config = Qwen2Config(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, dtype="bfloat16",
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

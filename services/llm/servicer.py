@@ -42,6 +42,8 @@ class LanguageModelServicer(llm_pb2_grpc.LanguageModelServicer):
         outbox: Outbox[llm_pb2.ChatResponse] = Outbox()
         session = ChatSession(self.engine, outbox, session_id, config.adapter,
                               self.settings.max_requests_per_stream)
+        # Fires when the RPC ends for any reason, including a client that vanished mid-generation.
+        context.add_done_callback(lambda _context: session.close())
         try:
             async for response in pump(request_iterator, session.on_request, outbox, context,
                                        on_requests_end=session.finish_requests):

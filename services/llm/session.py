@@ -125,9 +125,13 @@ class ChatSession:
         task.add_done_callback(self._tasks.discard)
 
     async def finish_requests(self) -> None:
-        """The client half-closed: let running requests finish, then end the stream."""
+        """The request side ended: let running requests finish, then end the stream.
+
+        (grpc.aio also ends the request iterator when the client vanishes; the servicer's done
+        callback then calls `close()`, which makes these requests finish at once.)
+        """
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await asyncio.wait(list(self._tasks))
         self.outbox.close()
 
     def close(self) -> None:

@@ -40,6 +40,9 @@ class LlmSettings(ServerSettings):
     max_waiting: int = Field(
         64, ge=0, description="transformers engine: generations queued for a slot; more get RESOURCE_EXHAUSTED."
     )
+    batch_decode: bool = Field(
+        True, description="transformers engine: decode all running requests in one forward per token step."
+    )
     torch_threads: int = Field(0, ge=0, description="transformers engine: torch CPU threads; 0 = torch default.")
     prefix_cache_sessions: int = Field(
         64, ge=0, description="transformers engine: sessions whose prewarmed KV caches are kept (LRU)."

@@ -137,3 +137,25 @@ async def test_length_finish_and_stop_strings(engine: TransformersEngine) -> Non
         stopped, _, sdone = await drain(engine.submit(GenerationRequest(
             "stop", "s2", QUESTION, Sampling(temperature=0, max_tokens=7), stop=(stop_at,))))
         assert sdone.reason == FinishReason.STOP and stop_at not in stopped and text.startswith(stopped)
+
+
+async def test_batched_decode_gives_each_request_what_it_gets_alone(tiny_model_path: str) -> None:
+    """Three prompts of different lengths decoded together (left-padded batch) = decoded one by one."""
+    prompts = [
+        (Message("user", "Hi"),),
+        (Message("system", "You are a pirate. " * 5), Message("user", "Where is the treasure?")),
+        QUESTION,
+    ]
+    outputs = {}
+    for batch in (True, False):
+        eng = TransformersEngine(llm_settings(dtype="float32", batch_decode=batch, max_running=3))
+        await eng.start()
+        try:
+            handles = [eng.submit(request(f"p{i}", session=f"b{batch}{i}", messages=m,
+                                          sampling=Sampling(temperature=0, max_tokens=20)))
+                       for i, m in enumerate(prompts)]
+            outputs[batch] = [(await drain(h))[0] for h in handles]
+        finally:
+            await eng.stop()
+    assert outputs[True] == outputs[False]
+    assert len(set(outputs[True])) == 3

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from services.llm.assets import QWEN_05B
 from services.llm.engines.base import (
     Finished,
     FinishReason,
@@ -107,13 +108,17 @@ async def test_vllm_engine_generates_prewarms_and_cancels() -> None:
     from services.llm.engines.vllm_engine import VllmEngine
 
     engine = VllmEngine(llm_settings(
-        engine="vllm", model="Qwen/Qwen2.5-0.5B-Instruct", load_format="dummy", max_model_len=2048,
+        engine="vllm", model=QWEN_05B, max_model_len=2048,
         gpu_memory_utilization=0.3, enforce_eager=True,
     ))
     await engine.start()
     try:
         history = (Message("system", "Be brief. " * 40), Message("user", "Tell me a long story."))
         await engine.prewarm("s", history[:1])
+        answer = engine.submit(GenerationRequest("p", "s", (Message("user", "What is the capital of France?"),),
+                                                 Sampling(temperature=0, max_tokens=20)))
+        text = "".join([e.text async for e in answer if isinstance(e, TextDelta)])
+        assert "Paris" in text
         handle = engine.submit(GenerationRequest("a", "s", history, Sampling(max_tokens=2000)))
         events = []
         async for event in handle:

@@ -1,8 +1,9 @@
 """The CPU engine: a Hugging Face causal LM driven one token step at a time by a single worker thread.
 
-One thread owns the model. It admits queued requests up to `max_running`, then walks the running ones
-round-robin, one step each (a prefill chunk or one decoded token), so a long answer cannot starve a
-short one and a cancel is seen before the next step. Tokens reach the event loop through each
+One thread owns the model. It admits queued requests up to `max_running`; each iteration it computes
+one prompt chunk of one new request (round-robin) and then one token for every request already
+decoding, in a single batched forward (`batch_decode`). A long answer cannot starve a new request, and
+a cancel is seen before the next step. Tokens reach the event loop through each
 request's `GenerationHandle` (`loop.call_soon_threadsafe`); the event loop never touches the model.
 
 Prewarm is real: the worker computes the KV cache of the prefix and keeps it per session
@@ -43,6 +44,7 @@ from services.llm.engines.base import (
     ToolCallEvent,
     ToolSpec,
 )
+from services.llm.engines.batch_decode import batched_decode_step
 from services.llm.engines.prefix_cache import SessionPrefixCache
 from services.llm.engines.sampling import choose_next_token
 from services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
@@ -82,6 +84,7 @@ class _Active:
     stopper: StopStringMatcher | None = None
     parser: ToolCallParser | None = None
     generator: torch.Generator | None = None
+    finished: bool = False
 
 
 @dataclass
@@ -205,6 +208,9 @@ class TransformersEngine(LlmEngine):
         with self._cond:
             if self._stopping:
                 raise RequestError(RESOURCE_EXHAUSTED, "the engine is shutting down")
+            if len(self._prewarms) >= max(1, self.settings.max_waiting):
+                raise RequestError(RESOURCE_EXHAUSTED, f"{len(self._prewarms)} prewarms are already queued: "
+                                   "send one per partial transcript and wait for `prewarmed`")
             self._prewarms.append(job)
             self._cond.notify()
         return await job.future
@@ -238,16 +244,14 @@ class TransformersEngine(LlmEngine):
                 if job is not None:
                     self._run_prewarm(job)
                 self._reap_cancelled()
-                if self._running:
-                    self._turn %= len(self._running)
-                    active = self._running[self._turn]
+                prefilling = [a for a in self._running if a.next_input is None]
+                if prefilling:  # one prompt chunk per iteration, round-robin over new requests
+                    self._turn %= len(prefilling)
+                    self._guarded(self._prefill_step, prefilling[self._turn])
                     self._turn += 1
-                    try:
-                        self._step(active)
-                    except Exception as exc:  # a bad request must not take the engine down
-                        log.exception("generation %s failed", active.handle.request_id)
-                        active.handle.push_threadsafe(RequestFailed(INTERNAL, f"the engine failed: {exc}"))
-                        self._finish(active, FinishReason.ERROR)
+                decoding = [a for a in self._running if a.next_input is not None]
+                if decoding:  # then one token for every request past its prompt, in one batch
+                    self._guarded(self._decode_step, decoding)
             for active in list(self._running):
                 self._finish(active, FinishReason.CANCELLED)
 
@@ -328,25 +332,47 @@ class TransformersEngine(LlmEngine):
             active.generator = torch.Generator(device=self.settings.device).manual_seed(request.sampling.seed)
         return True
 
-    def _step(self, active: _Active) -> None:
-        """One unit of work for one request: a prefill chunk, or one decoded token."""
+    def _guarded(self, step: Any, target: Any) -> None:
+        """Run a step; a failure fails the requests involved, never the engine."""
+        try:
+            step(target)
+        except Exception as exc:
+            affected = target if isinstance(target, list) else [target]
+            log.exception("generation step failed for %s", [a.handle.request_id for a in affected])
+            for active in affected:
+                active.handle.push_threadsafe(RequestFailed(INTERNAL, f"the engine failed: {exc}"))
+                self._finish(active, FinishReason.ERROR)
+
+    def _prefill_step(self, active: _Active) -> None:
+        """One prompt chunk of a new request; the last chunk also yields its first token."""
         if active.prompt_ids is None and not self._start_request(active):
             return
         assert active.prompt_ids is not None
         total = int(active.prompt_ids.numel())
-        if active.prefilled < total:
-            end = min(active.prefilled + PREFILL_CHUNK, total)
-            logits = self._forward(active.prompt_ids[active.prefilled : end], active.past)
-            active.prefilled = end
-            if end < total:
-                return
-        else:
-            assert active.next_input is not None
-            logits = self._forward(torch.tensor([active.next_input], device=self.settings.device), active.past)
+        end = min(active.prefilled + PREFILL_CHUNK, total)
+        logits = self._forward(active.prompt_ids[active.prefilled : end], active.past)
+        active.prefilled = end
+        if end == total:
+            self._on_token(active, self._choose(active, logits))
+
+    def _decode_step(self, batch: list[_Active]) -> None:
+        """One new token for each request in ``batch`` (a single forward when there are several)."""
+        device = self.settings.device
+        tokens = [a.next_input for a in batch]
+        if len(batch) == 1 or not self.settings.batch_decode:
+            for active, token in zip(batch, tokens, strict=True):
+                logits = self._forward(torch.tensor([token], device=device), active.past)
+                self._on_token(active, self._choose(active, logits))
+            return
+        rows = batched_decode_step(self.model, [a.past for a in batch], tokens, self._new_cache())
+        for active, logits in zip(batch, rows, strict=True):
+            self._on_token(active, self._choose(active, logits))
+
+    def _choose(self, active: _Active, logits: torch.Tensor) -> int:
+        assert active.prompt_ids is not None
         seen = torch.cat([active.prompt_ids, torch.tensor(active.generated, dtype=torch.long,
                                                           device=active.prompt_ids.device)])
-        token = choose_next_token(logits, active.handle.request.sampling, seen, active.generator)
-        self._on_token(active, token)
+        return choose_next_token(logits, active.handle.request.sampling, seen, active.generator)
 
     def _on_token(self, active: _Active, token: int) -> None:
         now = time.perf_counter()
@@ -382,6 +408,9 @@ class TransformersEngine(LlmEngine):
                 active.handle.push_threadsafe(ToolCallEvent(call))
 
     def _finish(self, active: _Active, reason: FinishReason) -> None:
+        if active.finished:
+            return
+        active.finished = True
         if active in self._running:
             self._running.remove(active)
             self.metrics.running.set(len(self._running))

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from services.llm.assets import resolve_model
 from services.llm.chat import ParsedChunk, ToolCallParser, render_prompt
 from services.llm.engines.base import (
     INTERNAL,
@@ -51,7 +52,7 @@ _VLLM_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort
 def engine_args(settings: LlmSettings) -> dict[str, Any]:
     """Keyword arguments for `vllm.AsyncEngineArgs` from the service settings."""
     args: dict[str, Any] = {
-        "model": settings.model,
+        "model": resolve_model(settings.model),
         "served_model_name": [settings.model_name],
         "tensor_parallel_size": settings.tensor_parallel_size,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
