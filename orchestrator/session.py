@@ -34,6 +34,9 @@ log = logging.getLogger("voxgrid.orchestrator.session")
 Event = tuple[str, Any]
 TE = agent_pb2.TurnEvent
 MAX_TOOL_ROUNDS = 3  # generate requests of one turn that may call tools
+FORCE_ANSWER = ("Answer me now from the tool results above, in one or two short spoken sentences. "
+                "Do not call a tool again.")
+TOOL_LOOP_APOLOGY = "Sorry, I could not work that out."
 # Backchannels never interrupt, whatever their length.
 BACKCHANNELS = frozenset({"uh-huh", "uh huh", "mhm", "mm-hmm", "mm hmm", "hmm", "yeah", "yes", "yep", "okay", "ok",
                           "right", "sure", "i see", "got it", "uh", "um", "ah", "oh"})
@@ -81,6 +84,9 @@ class Turn:
     segments: list[Segment] = field(default_factory=list)
     tool_calls: list[audio_pb2.ToolCall] = field(default_factory=list)
     seen_calls: set[tuple[str, str]] = field(default_factory=set)  # (name, arguments) already run this turn
+    forced: bool = False  # the current request asks for an answer without more tool calls
+    round_start: int = 0  # where the current request's text starts in `text`
+    held_text: str = ""  # text held back while it looks like JSON or code
     interrupted: bool = False
     cancelled: bool = False
     speculative: bool = False  # prepared from STT's preview; its audio waits for the endpoint
@@ -503,15 +509,24 @@ class PipelineSession:
         h = self.conversation.history
         return bool(h) and h[-1].role == "user"
 
-    def _generate(self, turn: Turn, allow_tools: bool = True) -> None:
+    def _generate(self, turn: Turn, force_answer: bool = False) -> None:
         turn.rounds += 1
+        turn.forced = force_answer
+        turn.round_start = len(turn.text)
+        turn.held_text = ""
         turn.request_id = f"{turn.turn_id}.{turn.rounds}.{next(self._request_ids)}"
         turn.llm_done = False
         turn.tool_calls = []
         turn.generate_sent_at = time.monotonic()
         self.streams["llm"].send(llm_pb2.ChatRequest(generate=llm_pb2.GenerateRequest(
-            request_id=turn.request_id, messages=self.conversation.messages(), sampling=self.sampling,
-            tools=self.tools.schemas() if allow_tools else [])))
+            request_id=turn.request_id, messages=self._messages(force_answer), sampling=self.sampling,
+            tools=[] if force_answer else self.tools.schemas())))
+
+    def _messages(self, force_answer: bool) -> list[llm_pb2.ChatMessage]:
+        messages = self.conversation.messages()
+        if force_answer:  # a transient nudge, never kept in the history
+            messages.append(llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=FORCE_ANSWER))
+        return messages
 
     def _on_llm(self, response: llm_pb2.ChatResponse) -> None:
         which = response.WhichOneof("event")
@@ -535,6 +550,15 @@ class PipelineSession:
     def _on_token(self, turn: Turn, text: str) -> None:
         if not text:
             return
+        if turn.held_text or not turn.text[turn.round_start:].strip():
+            # A voice agent never reads out JSON or code (a small model's garbled tool call): a round
+            # that opens with `{` or a fence is held back; at its end it is dropped (_on_generation_done).
+            held = turn.held_text + text
+            if not held.strip() or held.lstrip()[0] in "{`":
+                turn.held_text = held
+                return
+            turn.held_text = ""
+            text = held
         now = time.monotonic()
         if not turn.first_token_at:
             turn.first_token_at = now
@@ -562,9 +586,15 @@ class PipelineSession:
         self._flush_tts(turn)
         if done.finish_reason == llm_pb2.FINISH_REASON_TOOL_CALLS and turn.tool_calls:
             fresh = [c for c in turn.tool_calls if (c.name, c.arguments_json) not in turn.seen_calls]
+            if turn.forced:  # asked to answer and called a tool anyway: say so rather than loop
+                self._on_token(turn, (" " if turn.text else "") + TOOL_LOOP_APOLOGY)
+                self._flush_tts(turn)
+                turn.llm_done = True
+                self._maybe_turn_complete(turn)
+                return
             if not fresh or turn.rounds >= MAX_TOOL_ROUNDS:
                 # Small models can loop on a tool; the results are in the context: make it answer.
-                self._generate(turn, allow_tools=False)
+                self._generate(turn, force_answer=True)
                 return
             turn.tool_calls = fresh
             turn.seen_calls.update((c.name, c.arguments_json) for c in fresh)
@@ -574,6 +604,13 @@ class PipelineSession:
             self._run_tools(turn)
             return
         turn.llm_done = True
+        if turn.held_text:
+            log.info("dropped unspeakable model output: %.80r", turn.held_text)
+            turn.held_text = ""
+        if turn.rounds > 1 and not turn.text[turn.history_chars:].strip():
+            # Tools ran but the model gave no speakable answer: the caller must not be left in silence.
+            self._on_token(turn, TOOL_LOOP_APOLOGY)
+            self._flush_tts(turn)
         if done.finish_reason == llm_pb2.FINISH_REASON_ERROR:
             self._notice(grpc.StatusCode.INTERNAL, "the language model failed on this turn", "llm")
         self._maybe_turn_complete(turn)

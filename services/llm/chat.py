@@ -127,6 +127,7 @@ class ToolCallParser:
         # While True, the reply so far is whitespace or a JSON-looking start that may be a tool call.
         self._leading = self._tool_names is not None
         self.calls: list[ToolCall] = []
+        self.malformed = 0  # leading tool calls that could not be parsed (dropped, not spoken)
 
     def feed(self, text: str) -> ParsedChunk:
         """Add newly generated text; returns what can be emitted now."""
@@ -178,6 +179,12 @@ class ToolCallParser:
             # After a leading call, more calls may follow (one JSON object or fence each).
             return False
         if final or not self._may_still_be_call(stripped):
+            if stripped.startswith(("{", "```")) and any(f'"{name}"' in stripped for name in self._tool_names or ()):
+                # A malformed call of an offered tool: never text to be spoken. Drop it.
+                self.malformed += 1
+                self._buffer = ""
+                self._leading = False
+                return True
             self._leading = False
             return True
         return False

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 
 import pytest
 import pytest_asyncio
@@ -79,14 +78,14 @@ async def test_barge_in_with_real_models(real_stack, speech_dir) -> None:
         await call.stream(speech("Tell me a long story about a dragon.", speech_dir), RATE)
         await call.silence(60, until=lambda: bool(call.record.events(TE.KIND_AGENT_STARTED_SPEAKING)))
         await call.silence(1.5)
-        await call.stream(speech("Stop. What is two plus two?", speech_dir), RATE)
+        await call.stream(speech("Stop. What is the capital of Italy?", speech_dir), RATE)
         await call.silence(90, until=lambda: call.turn_over(2)(call.record) or call.done.is_set())
         interrupted = call.record.events(TE.KIND_INTERRUPTED)
         assert interrupted and interrupted[0].turn_id == 1
         heard = interrupted[0].heard_text
         full = call.record.agent_text(1)
         assert full.startswith(heard) and len(heard) < len(full)
-        assert re.search(r"(2|two) plus (2|two)", call.record.finals()[-1].lower())
+        assert "italy" in call.record.finals()[-1].lower()
         assert call.record.agent_text(2)
 
 
@@ -121,11 +120,13 @@ async def test_a_tool_call_round_trip_with_the_real_model(real_stack, speech_dir
                                     parameters_json=json.dumps({"type": "object", "properties": {
                                         "city": {"type": "string"}}, "required": ["city"]})),
         http_url=url, timeout_ms=2000)
-    async with AgentCall(stub, session_config(tools=[tool])) as call:
+    greedy = audio_pb2.SamplingParams(temperature=0.0)
+    async with AgentCall(stub, session_config(tools=[tool], sampling=greedy)) as call:
         await ask(call, speech("What is the weather in Paris right now?", speech_dir), 1)
         started = call.record.events(TE.KIND_TOOL_CALL_STARTED)
         assert started and {e.tool_name for e in started} == {"get_weather"}
         assert calls and "paris" in json.dumps(calls[0]).lower()
         answer = call.record.agent_text(1).lower()
+        assert "get_weather" not in answer  # no tool-call markup is ever spoken
         assert "18" in answer or "sunny" in answer or "eighteen" in answer
         assert call.record.events(TE.KIND_AGENT_STOPPED_SPEAKING)
