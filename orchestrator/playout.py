@@ -47,13 +47,15 @@ class Playout:
         self.sent: list[Chunk] = []
         self.client_played_ms: float | None = None
         self._complete = False  # no more audio will come for this turn
-        self.held = False  # a speculative turn's audio waits for the endpoint
+        self.held = False  # a speculative turn's audio waits for the endpoint; a paused turn's too
+        self.paused_at = 0.0  # when a possible barge-in paused the sending
         self.first_ready_at = 0.0  # when the turn's first chunk was queued
         self._task = asyncio.create_task(self._run())
 
     def start_turn(self, turn_id: int, held: bool = False) -> None:
         self.turn_id = turn_id
         self.held = held
+        self.paused_at = 0.0
         self.first_ready_at = 0.0
         self.turn_started_at = 0.0
         self.turn_audio_ms = 0.0
@@ -78,6 +80,25 @@ class Playout:
         self._complete = True
         self._wake.set()
 
+    def pause(self) -> None:
+        """The caller may be cutting in: stop sending now; `resume` if it was only a backchannel."""
+        if not self.paused_at:
+            self.paused_at = time.monotonic()
+            self.held = True
+
+    def resume(self) -> None:
+        """Go on after a pause. Playback restarts where the client's buffer ran dry, if it did."""
+        if not self.paused_at:
+            return
+        now = time.monotonic()
+        if self.turn_started_at:
+            buffered_s = self.sent_ms / 1000 - (self.paused_at - self.turn_started_at)
+            gap = (now - self.paused_at) - max(0.0, buffered_s)
+            if gap > 0:
+                self.turn_started_at += gap
+        self.paused_at = 0.0
+        self.release()
+
     def release(self) -> None:
         """The endpoint confirmed a speculative turn: its audio may go out now."""
         self.held = False
@@ -86,6 +107,7 @@ class Playout:
     def clear(self) -> None:
         """Stop sending at once (barge-in)."""
         self.held = False
+        self.paused_at = 0.0
         self._queue.clear()
         self._complete = False
         self.turn_id = -1

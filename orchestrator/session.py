@@ -361,6 +361,10 @@ class PipelineSession:
             if self.allow_interruptions:
                 self._barge_pending = ev.utterance_id
                 self._later(self.min_interruption_s, "barge_check", ev.utterance_id)
+                if not self.turn.speculative:
+                    # Stop sending at once; the client's short buffer keeps playing. A backchannel resumes.
+                    self.playout.pause()
+                    telemetry.BARGE_IN.observe(max(0.0, time.monotonic() - self.utterance_started_at))
             else:
                 self._backchannel_utterances.add(ev.utterance_id)
             return
@@ -441,6 +445,7 @@ class PipelineSession:
             # Too short to be an interruption: a backchannel or a noise while the agent talks.
             self._barge_pending = None
             self._backchannel_utterances.add(ev.utterance_id)
+            self.playout.resume()
             return
         if ev.utterance_id in self._backchannel_utterances:
             return
@@ -453,6 +458,7 @@ class PipelineSession:
         if self._barge_pending == tr.utterance_id:  # final before the check fired: decide on its words now
             self._barge_pending = None
             if len(_words(tr.text)) < self.min_interruption_words or _is_backchannel(tr.text):
+                self.playout.resume()
                 return
             self._interrupt("caller spoke over the agent", reaction_from=self.utterance_started_at)
         text = tr.text.strip()
@@ -773,8 +779,9 @@ class PipelineSession:
                 action=tts_pb2.TtsControl.ACTION_CANCEL)))
         played = self.playout.played_ms()
         heard_chars = self.playout.heard_chars(played)
+        if not self.playout.paused_at:  # not already stopped at speech start (typed input, client control)
+            telemetry.BARGE_IN.observe(max(0.0, time.monotonic() - reaction_from))
         self.playout.clear()
-        telemetry.BARGE_IN.observe(max(0.0, time.monotonic() - reaction_from))
         heard = _cut_at_word(turn.text, heard_chars)
         if turn.first_audio_at:
             telemetry.INTERRUPTIONS.inc()
