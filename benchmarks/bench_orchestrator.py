@@ -29,7 +29,7 @@ from benchmarks.common import ROOT, ServiceProcess, cpu_seconds, free_port, pct,
 from orchestrator.client import TE, AgentCall, session_config
 from voxgrid.client import channel
 from voxgrid.speech import synthesize
-from voxgrid.v1 import agent_pb2_grpc
+from voxgrid.v1 import agent_pb2_grpc, audio_pb2
 
 RATE = 16000
 QUESTIONS = [
@@ -105,6 +105,7 @@ async def v2v(n_questions: int, n_barge: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         speech = [flite(q, Path(tmp) / f"q{i}.wav") for i, q in enumerate(QUESTIONS[:n_questions])]
         interrupt = flite("Sorry, stop, let me ask something else.", Path(tmp) / "stop.wav")
+        story_request = flite("Tell me a story about a dragon.", Path(tmp) / "story.wav")
     base = free_port()
     logs = str(ROOT / ".cache" / "bench-logs")
     stack = subprocess.Popen([sys.executable, "-m", "voxgrid", "up", "--base-port", str(base), "--log-dir", logs],
@@ -127,9 +128,12 @@ async def v2v(n_questions: int, n_barge: int) -> None:
                     lats += call.record.of("latency")
                     print(f"  q{i}: {' '.join(call.record.finals())!r} -> {call.record.agent_text()[:60]!r}...",
                           flush=True)
-            for i in range(n_barge):
-                async with AgentCall(stub, session_config()) as call:
-                    await call.stream(speech[i % len(speech)], RATE)
+            story = audio_pb2.SamplingParams(max_tokens=200)
+            teller = "You are a storyteller: answer with a long story."
+            for _ in range(n_barge):
+                config = session_config(sampling=story, system_prompt=teller)
+                async with AgentCall(stub, config) as call:
+                    await call.stream(story_request, RATE)
                     await call.silence(60, until=lambda c=call: bool(c.record.events(TE.KIND_AGENT_STARTED_SPEAKING)))
                     await call.silence(1.0)
                     t_speech = time.monotonic()

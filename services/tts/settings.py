@@ -39,9 +39,10 @@ class TtsSettings(ServerSettings):
         "within this many characters (a config may override).",
     )
     clause_min_chars: int = Field(
-        100, ge=1, description="After the first chunk, cut at a clause boundary once this many characters wait."
+        40, ge=1, description="After the first chunk, cut at a clause boundary once this many characters wait "
+        "(small keeps audio flowing while a slow LLM writes; large gives the engine longer phrases)."
     )
-    max_chunk_chars: int = Field(300, ge=20, description="Longest chunk sent to the engine (cut at a word boundary).")
+    max_chunk_chars: int = Field(200, ge=20, description="Longest chunk sent to the engine (cut at a word boundary).")
     chunk_ms: int = Field(120, ge=10, le=1000, description="Audio per response message, ms.")
     lookahead_spans: int = Field(
         2, ge=1, le=16, description="Text chunks per stream in the engine at once (audio buffered ahead is bounded)."
