@@ -128,7 +128,13 @@ async def _converse(ctx: SessionContext, mic: PacedMic, listener: _Listener, rec
         else:
             speech_started = time.monotonic()
             said = mic.say(ctx.rng.choice(ctx.corpus))
-        last_speech_at = await said
+        # The stream can end while the caller is still talking (server drained, replica gone): stop then,
+        # rather than wait for a microphone that can no longer write.
+        await asyncio.wait({said, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        if not said.done():
+            receiver.result()  # raises the stream's error
+            return
+        last_speech_at = said.result()
         rec.metrics["mic_lag_ms"] = mic.max_lag_ms
         known = last_turn_id
 
