@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 
@@ -39,6 +40,22 @@ async def gateway_stack(script: list[str], *, orchestrator_kw: dict | None = Non
 @pytest.fixture
 def make_gateway():
     return gateway_stack
+
+
+async def settled(gs: GatewayStack, timeout_s: float = 10.0) -> dict[str, int]:
+    """Live sessions on every server once they stop changing (each must reach 0 when calls are over)."""
+    def live() -> dict[str, int]:
+        return {"gateway": gs.gateway.ctx.gate.active, "orchestrator": gs.agent.orchestrator.gate.active,
+                **{n: s.gate.active for n, s in gs.agent.servers.items()}}
+
+    for _ in range(int(timeout_s / 0.05)):
+        if not any(live().values()):
+            break
+        await asyncio.sleep(0.05)
+    return live()
+
+
+ALL_CLOSED = {"gateway": 0, "orchestrator": 0, "stt": 0, "llm": 0, "tts": 0}
 
 
 def mulaw_tone(seconds: float) -> bytes:
