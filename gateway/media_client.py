@@ -76,12 +76,15 @@ class MediaStreamCaller:
         """Send mu-law audio in 20 ms media events at real-time pace; returns when the last one went out."""
         t0 = time.monotonic()
         for i, at in enumerate(range(0, len(mulaw), FRAME_BYTES)):
-            if until is not None and until():
+            if (until is not None and until()) or self.closed:
                 break
             await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
             payload = base64.b64encode(mulaw[at: at + FRAME_BYTES]).decode()
-            await self.send({"event": "media", "media": {"track": "inbound", "chunk": str(i + 1),
-                                                         "timestamp": str(i * 20), "payload": payload}})
+            try:
+                await self.send({"event": "media", "media": {"track": "inbound", "chunk": str(i + 1),
+                                                             "timestamp": str(i * 20), "payload": payload}})
+            except aiohttp.ClientConnectionResetError:
+                break  # the gateway closed the call; close_code/close_reason say why
         return time.monotonic()
 
     async def silence(self, seconds: float, until: Any = None) -> None:
