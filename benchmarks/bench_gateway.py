@@ -30,13 +30,13 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_orchestrator import QUESTIONS  # noqa: E402
-from benchmarks.common import ROOT, ServiceProcess, free_port, pct, table  # noqa: E402
-from orchestrator.client import TE, AgentCall, session_config  # noqa: E402
-from voxgrid.audio import encode, pcm16_spec  # noqa: E402
-from voxgrid.client import channel  # noqa: E402
-from voxgrid.speech import synthesize  # noqa: E402
-from voxgrid.v1 import agent_pb2_grpc  # noqa: E402
+from benchmarks.bench_orchestrator import QUESTIONS
+from benchmarks.common import ROOT, ServiceProcess, free_port, pct, table
+from orchestrator.client import AgentCall, session_config
+from voxgrid.audio import encode, pcm16_spec
+from voxgrid.client import channel
+from voxgrid.speech import synthesize
+from voxgrid.v1 import agent_pb2_grpc
 
 RATE = 16000
 FRAME = 640  # 20 ms of PCM16 at 16 kHz

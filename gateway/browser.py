@@ -34,7 +34,8 @@ EVENT_NAMES = {v: k.removeprefix("KIND_").lower() for k, v in TE.Kind.items()}
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
 
 
 class BrowserCall(CallBridge):

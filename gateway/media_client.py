@@ -43,6 +43,7 @@ class MediaStreamCaller:
         self._mark_timers: list[asyncio.TimerHandle] = []
         self._changed = asyncio.Event()
         self._seq = 0
+        self._sending: set[asyncio.Future[None]] = set()
 
     async def __aenter__(self) -> MediaStreamCaller:
         self._session = aiohttp.ClientSession()
@@ -123,7 +124,9 @@ class MediaStreamCaller:
     def _return_mark(self, name: str) -> None:
         if self.ws is not None and not self.ws.closed:
             self.marks_returned.append(name)
-            asyncio.ensure_future(self.send({"event": "mark", "mark": {"name": name}}))
+            task = asyncio.ensure_future(self.send({"event": "mark", "mark": {"name": name}}))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for _, e in self.events if e.get("event") == kind]

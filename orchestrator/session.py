@@ -175,7 +175,8 @@ class PipelineSession:
                                           first_chunk_max_chars=self.tts_first_chunk_chars)
         llm_cfg = llm_pb2.ChatConfig(session_id=self.session_id, adapter=c.adapter)
         opening = [
-            asyncio.ensure_future(self.backends.stt.open("StreamingRecognize", stt_pb2.RecognizeRequest(config=stt_cfg))),
+            asyncio.ensure_future(self.backends.stt.open("StreamingRecognize",
+                                                         stt_pb2.RecognizeRequest(config=stt_cfg))),
             asyncio.ensure_future(self.backends.llm.open("Chat", llm_pb2.ChatRequest(config=llm_cfg))),
             asyncio.ensure_future(self.backends.tts.open("StreamingSynthesize",
                                                          tts_pb2.SynthesizeRequest(config=tts_cfg))),

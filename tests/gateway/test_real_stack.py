@@ -63,7 +63,7 @@ def transcribe(samples: np.ndarray, rate: int) -> str:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_phone_caller_asks_in_mulaw_and_hears_the_answer(real_gateway, speech_dir) -> None:
-    gw, orch = real_gateway
+    gw, _orch = real_gateway
     x, rate = synthesize_speech(QUESTION, speech_dir / "capital_france.wav")
     url = gw.url.replace("http", "ws", 1) + "/phone/concierge"
     async with MediaStreamCaller(url) as caller:
