@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-SYSTEM_PACKAGES := flite asterisk-core-sounds-en-wav prometheus
+SYSTEM_PACKAGES := flite asterisk-core-sounds-en-wav prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run demo test test-fast test-duplex duplex-env bench bench-duplex lint protos setup system tools clean

@@ -122,6 +122,9 @@ class BackendPool:
                 self.cool_down(target)
                 last_error = f"{target} did not answer within {self.connect_timeout_s:.1f}s"
                 continue
+            except BaseException:  # the caller gave up while the replica was admitting: free it there too
+                call.cancel()
+                raise
             if metadata is not None and any(k == ADMITTED_HEADER for k, _ in metadata):
                 self.open_streams[target] = self.open_streams.get(target, 0) + 1
                 return StageStream(self.stage, target, call, queue, lambda t=target: self._closed(t))

@@ -180,12 +180,20 @@ class PipelineSession:
                                           session_id=self.session_id, language=c.language,
                                           first_chunk_max_chars=self.tts_first_chunk_chars)
         llm_cfg = llm_pb2.ChatConfig(session_id=self.session_id, adapter=c.adapter)
-        opened = await asyncio.gather(
-            self.backends.stt.open("StreamingRecognize", stt_pb2.RecognizeRequest(config=stt_cfg)),
-            self.backends.llm.open("Chat", llm_pb2.ChatRequest(config=llm_cfg)),
-            self.backends.tts.open("StreamingSynthesize", tts_pb2.SynthesizeRequest(config=tts_cfg)),
-            return_exceptions=True,
-        )
+        opening = [
+            asyncio.ensure_future(self.backends.stt.open("StreamingRecognize",
+                                                         stt_pb2.RecognizeRequest(config=stt_cfg))),
+            asyncio.ensure_future(self.backends.llm.open("Chat", llm_pb2.ChatRequest(config=llm_cfg))),
+            asyncio.ensure_future(self.backends.tts.open("StreamingSynthesize",
+                                                         tts_pb2.SynthesizeRequest(config=tts_cfg))),
+        ]
+        try:
+            opened = await asyncio.gather(*opening, return_exceptions=True)
+        except asyncio.CancelledError:  # the client left while the stages were opening: close what opened
+            for task in opening:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    task.result().close()
+            raise
         failures = [r for r in opened if isinstance(r, BaseException)]
         for stage, result in zip(("stt", "llm", "tts"), opened, strict=True):
             if isinstance(result, StageStream):

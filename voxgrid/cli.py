@@ -17,7 +17,8 @@ from typing import Any
 from voxgrid import logs
 from voxgrid.config import add_settings_flags, settings_from_args, settings_table
 
-# service name -> module defining `Settings` and `create_runtime(settings)`
+# service name -> module defining `Settings` and `create_runtime(settings)` (a gRPC service in the chassis),
+# or `Settings` and `async def serve(settings) -> int` (a service with its own server, e.g. the gateway)
 SERVICES: dict[str, str] = {
     "stt": "services.stt.app",
     "llm": "services.llm.app",
@@ -64,6 +65,10 @@ def _serve(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:])
     settings = settings_from_args(module.Settings, args)
     logs.configure(settings.log_level, settings.log_format, service=name)
+    own_serve = getattr(module, "serve", None)
+    if asyncio.iscoroutinefunction(own_serve) and not hasattr(module, "create_runtime"):
+        # A service that is not a gRPC server (the HTTP/WebSocket gateway) runs its own loop.
+        return asyncio.run(own_serve(settings))
     from voxgrid.server.chassis import serve
 
     return asyncio.run(serve(module.create_runtime(settings), settings))

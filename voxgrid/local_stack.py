@@ -58,7 +58,7 @@ def plan(services: list[str], base_port: int, host: str = "127.0.0.1") -> list[C
                 if backend in by_name:
                     c.env[f"{prefix}{backend.upper()}_BACKENDS"] = f"static:{by_name[backend].target}"
         if c.name == "gateway" and "orchestrator" in by_name:
-            c.env[prefix + "ORCHESTRATOR_TARGET"] = by_name["orchestrator"].target
+            c.env[prefix + "ORCHESTRATOR_BACKENDS"] = f"static:{by_name['orchestrator'].target}"
     return children
 
 
@@ -72,7 +72,30 @@ def installed(name: str) -> bool:
         return False
 
 
+HTTP_SERVICES = ("gateway",)  # served over HTTP/WebSocket: readiness is GET /readyz, not gRPC health
+
+
+async def _http_ready(url: str) -> bool:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as s, s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
 async def _wait_healthy(child: Child, deadline_s: float) -> None:
+    if child.name in HTTP_SERVICES:
+        start = time.monotonic()
+        while not await _http_ready(f"http://{child.target}/readyz"):
+            assert child.proc is not None
+            if child.proc.returncode is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.proc.returncode} while starting")
+            if time.monotonic() - start > deadline_s:
+                raise RuntimeError(f"{child.name} not ready after {deadline_s:.0f}s")
+            await asyncio.sleep(0.25)
+        return
     ch = channel(child.target)
     try:
         start = time.monotonic()
@@ -137,7 +160,10 @@ async def up(args: argparse.Namespace) -> int:
         starting.result()
         print("\nready:")
         for c in children:
-            print(f"  {c.name:<13} grpc {c.target:<18} metrics http://127.0.0.1:{c.metrics_port}/metrics")
+            if c.name in HTTP_SERVICES:
+                print(f"  {c.name:<13} http://{c.target}/ (talk page; phone media streams on ws://{c.target}/phone)")
+            else:
+                print(f"  {c.name:<13} grpc {c.target:<18} metrics http://127.0.0.1:{c.metrics_port}/metrics")
         if args.demo and "orchestrator" in services:
             from orchestrator.demo import run_demo
 

@@ -1,0 +1,1 @@
+"""The edge gateway: browser pages and phone lines reach the agent over WebSockets."""

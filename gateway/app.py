@@ -1,0 +1,217 @@
+"""voxgrid gateway: browser pages and phone lines reach the agent over WebSockets.
+
+Serves the talk page (`/`), browser calls (`/ws`), telephony media streams (`/phone`, `/phone/<profile>`),
+`/healthz`, `/readyz` and Prometheus `/metrics` on one HTTP port, and turns each socket into an
+orchestrator session routed like any client's (least-loaded replica, failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
+
+from gateway.bridge import CallBridge, GatewayContext
+from gateway.browser import BrowserCall
+from gateway.calls import CLOSE_GOING_AWAY, CallGate, GatewayMetrics
+from gateway.link import orchestrator_pool
+from gateway.phone import PhoneCall
+from gateway.profiles import ProfileError, Profiles
+from gateway.settings import Settings
+from voxgrid.config import accepted_tokens
+
+__all__ = ["GatewayServer", "Settings", "serve", "start_gateway"]
+log = logging.getLogger("voxgrid.gateway")
+STATIC = Path(__file__).with_name("static")
+
+
+class GatewayServer:
+    """One gateway replica: the aiohttp app, its calls, and its lifecycle (start, drain, stop)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.ctx = GatewayContext(
+            pool=orchestrator_pool(settings.orchestrator_backends, settings.orchestrator_token,
+                                   settings.connect_timeout_s, settings.dns_refresh_s),
+            profiles=Profiles.from_settings(settings.profiles, settings.profiles_file, settings.default_profile),
+            gate=CallGate(settings.max_sessions, self.metrics), metrics=self.metrics,
+            idle_timeout_s=settings.idle_timeout_s, sockets=set())
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._metrics_httpd = None
+        self._tokens_mtime: float | None = None
+        self._tokens = accepted_tokens(settings)
+        self._stopped = asyncio.Event()
+        self._ready = False
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", STATIC, show_index=False)
+        app.router.add_get("/ws", self._browser)
+        app.router.add_get("/phone", self._phone)
+        app.router.add_get("/phone/{profile}", self._phone)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        scheme = "https" if self._tls() else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    def _tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not (s.tls_cert_file and s.tls_key_file):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        return ctx
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.ctx.gate.draining:
+            return web.Response(status=503, text="draining\n")
+        if not self._ready or not self.ctx.pool.discovery.targets:
+            return web.Response(status=503, text="no orchestrator replica known\n")
+        return web.Response(text="ready\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _authorized(self, request: web.Request) -> bool:
+        path = self.settings.auth_token_file
+        if path is not None:  # a rotated Secret is picked up without a restart
+            with contextlib.suppress(OSError):
+                mtime = path.stat().st_mtime
+                if mtime != self._tokens_mtime:
+                    self._tokens_mtime, self._tokens = mtime, accepted_tokens(self.settings)
+        if not self._tokens:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
+        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self._tokens)
+
+    async def _socket(self, request: web.Request, bridge: type[CallBridge], profile: str) -> web.StreamResponse:
+        if not self._authorized(request):
+            self.metrics.refused.labels("auth").inc()
+            raise web.HTTPUnauthorized(text="missing or wrong token: send Authorization: Bearer <token> or "
+                                       "?token=<token>\n")
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_message_bytes, heartbeat=None)
+        await ws.prepare(request)
+        await bridge(ws, self.ctx, profile).run()
+        return ws
+
+    async def _browser(self, request: web.Request) -> web.StreamResponse:
+        return await self._socket(request, BrowserCall, request.query.get("profile", ""))
+
+    async def _phone(self, request: web.Request) -> web.StreamResponse:
+        profile = request.match_info.get("profile") or request.query.get("profile", "")
+        return await self._socket(request, PhoneCall, profile)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.ctx.pool.start()
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=self._tls())
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.settings.metrics_port >= 0:
+            self._metrics_httpd, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host,
+                                                       registry=REGISTRY)
+        self._ready = True
+        log.info("gateway listening on %s (orchestrators: %s; profiles: %s)", self.url,
+                 self.settings.orchestrator_backends, ", ".join(self.ctx.profiles.names) or "none")
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Refuse new calls, let live ones finish within the grace period, then close the rest and stop."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        self.ctx.gate.draining = True
+        self.metrics.draining.set(1)
+        log.info("gateway draining: %d live calls, grace %.1fs", self.ctx.gate.active, grace)
+        if not await self.ctx.gate.wait_idle(grace):
+            log.warning("grace period over with %d live calls: closing them", self.ctx.gate.active)
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for ws in list(self.ctx.sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=CLOSE_GOING_AWAY, message=b"gateway shutting down: reconnect")
+        await self.ctx.gate.wait_idle(2.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.ctx.pool.close()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        self.metrics.draining.set(0)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+@contextlib.asynccontextmanager
+async def start_gateway(settings: Settings) -> AsyncIterator[GatewayServer]:
+    """Run a gateway for the duration of a block (tests, benchmarks)."""
+    server = GatewayServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def serve(settings: Settings) -> int:
+    """`voxgrid serve gateway`: serve until SIGTERM/SIGINT, then drain; returns the exit code."""
+    try:
+        server = GatewayServer(settings)
+    except (ProfileError, OSError) as exc:
+        log.error("gateway settings are unusable: %s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if tasks:
+            log.warning("second signal: stopping without waiting")
+            tasks.append(loop.create_task(server.stop()))
+            return
+        log.info("received %s", signal.Signals(signum).name)
+        tasks.append(loop.create_task(server.drain()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("gateway could not start: %s", exc)
+        return 1
+    await server.wait_stopped()
+    for task in tasks:
+        with contextlib.suppress(Exception):
+            await task
+    return 0

