@@ -29,11 +29,16 @@ class DuplexRelay:
         self.in_spec = AudioSpec.from_proto(config.input_format, what="input_format")
         self.stream: StageStream | None = None
         self._reader: asyncio.Task[None] | None = None
+        self.closed = False
 
     async def open(self) -> None:
         output = self.config.output_format if self.config.HasField("output_format") else self.config.input_format
-        self.stream = await self.pool.open("Converse", duplex_pb2.DuplexRequest(config=duplex_pb2.DuplexConfig(
+        stream = await self.pool.open("Converse", duplex_pb2.DuplexRequest(config=duplex_pb2.DuplexConfig(
             input_format=self.config.input_format, output_format=output, session_id=self.session_id)))
+        if self.closed:  # the caller's RPC ended while the stream was opening
+            stream.close()
+            raise asyncio.CancelledError
+        self.stream = stream
 
     def post(self, kind: str, payload: Any = None) -> None:
         assert self.stream is not None
@@ -76,6 +81,7 @@ class DuplexRelay:
             self.out.close(error)
 
     async def close(self) -> None:
+        self.closed = True
         if self.stream is not None:
             with contextlib.suppress(Exception):
                 self.stream.close()

@@ -50,7 +50,12 @@ class Playout:
         self.held = False  # a speculative turn's audio waits for the endpoint; a paused turn's too
         self.paused_at = 0.0  # when a possible barge-in paused the sending
         self.first_ready_at = 0.0  # when the turn's first chunk was queued
-        self._task = asyncio.create_task(self._run())
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin sending (when the session starts running: a session that never runs leaves no task)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     def start_turn(self, turn_id: int, held: bool = False) -> None:
         self.turn_id = turn_id
@@ -177,6 +182,8 @@ class Playout:
                 self._on_first_audio(chunk.turn_id)
 
     async def close(self) -> None:
+        if self._task is None:
+            return
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -167,6 +167,7 @@ class PipelineSession:
         self._tool_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._ended = asyncio.Event()
+        self.closed = False
         self.error: StreamError | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -195,6 +196,11 @@ class PipelineSession:
                     task.result().close()
             raise
         failures = [r for r in opened if isinstance(r, BaseException)]
+        if self.closed:  # the caller's RPC ended while the stages were opening
+            for result in opened:
+                if isinstance(result, StageStream):
+                    result.close()
+            raise asyncio.CancelledError
         for stage, result in zip(("stt", "llm", "tts"), opened, strict=True):
             if isinstance(result, StageStream):
                 self._attach(stage, result)
@@ -221,6 +227,8 @@ class PipelineSession:
         self._readers[stage] = asyncio.create_task(read())
 
     async def close(self) -> None:
+        """Idempotent; also safe while `open` is still running (it then closes what it opens)."""
+        self.closed = True
         for task in [*self._readers.values(), *self._tool_tasks]:
             task.cancel()
         for stream in self.streams.values():
@@ -229,6 +237,7 @@ class PipelineSession:
 
     async def run(self) -> None:
         """Handle events until the session ends; then the outbox is closed (with an error if one ended it)."""
+        self.playout.start()
         try:
             if self.config.greeting:
                 self._greet(self.config.greeting)

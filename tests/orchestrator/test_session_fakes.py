@@ -240,3 +240,20 @@ async def test_a_caller_who_resumes_after_a_pause_voids_the_speculative_answer(m
             assert [u.content for u in users] == ["i would like to book a table for two"]
             turn_ids = {a.turn_id for a in call.record.of("agent_audio")}
             assert turn_ids == {2}  # nothing of the voided answer was played
+
+
+async def test_callers_who_hang_up_at_once_leave_nothing_behind(make_stack) -> None:
+    # grpc.aio can abandon a handler cancelled in its first milliseconds without closing it; the RPC's
+    # done callbacks must still free the admission slot, the session and its backend streams.
+    async with make_stack([]) as stack:
+        for delay in (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05):
+            for _ in range(3):
+                async with AgentCall(stack.stub, session_config()):
+                    await asyncio.sleep(delay)
+        for _ in range(50):
+            gates = [stack.orchestrator.gate.active, *(s.gate.active for s in stack.servers.values())]
+            if not any(gates):
+                break
+            await asyncio.sleep(0.1)
+        assert gates == [0, 0, 0, 0]
+        assert not [t for t in asyncio.all_tasks() if "Playout" in repr(t)]

@@ -156,12 +156,31 @@ class SessionGate(grpc.aio.ServerInterceptor):
                 await context.abort(refusal[0], refusal[1])
             gate.active += 1
             gate._idle.clear()
+            started = time.monotonic()
+            released = False
+
+            def release(_context: object = None) -> None:
+                # Runs from `finally` or, when grpc.aio abandons a cancelled handler without closing it,
+                # from the RPC's done callback: whichever comes first.
+                nonlocal released
+                if released:
+                    return
+                released = True
+                gate.active -= 1
+                gate._metrics.active_sessions.set(gate.active)
+                gate._metrics.session_seconds.observe(time.monotonic() - started)
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK, 0):
+                    gate._metrics.errors.labels(getattr(code, "name", str(code))).inc()
+                if gate.active == 0:
+                    gate._idle.set()
+
+            context.add_done_callback(release)
             # Headers now tell the client it was admitted (a refusal arrives as a trailers-only status),
             # so a router can try another replica before sending any work.
             await context.send_initial_metadata(((ADMITTED_HEADER, str(gate.active)),))
             gate._metrics.active_sessions.set(gate.active)
             gate._metrics.sessions.inc()
-            started = time.monotonic()
             try:
                 async for response in behavior(request_iterator, context):
                     yield response
@@ -175,13 +194,6 @@ class SessionGate(grpc.aio.ServerInterceptor):
                     "this stream was closed, other streams are unaffected",
                 )
             finally:
-                gate.active -= 1
-                gate._metrics.active_sessions.set(gate.active)
-                gate._metrics.session_seconds.observe(time.monotonic() - started)
-                code = context.code()
-                if code not in (None, grpc.StatusCode.OK, 0):
-                    gate._metrics.errors.labels(getattr(code, "name", str(code))).inc()
-                if gate.active == 0:
-                    gate._idle.set()
+                release()
 
         return stream
