@@ -143,9 +143,9 @@ async def test_bad_input_closes_the_socket_with_a_reason_and_neighbours_go_on(ma
             assert neighbour.of("media") and not neighbour.closed
         text = await scrape(gs.http)
         assert metric(text, "voxgrid_gateway_errors_total", kind="phone", cause="bad_json") >= 2
-        # The gateway let go of every call. (Whether the orchestrator frees a session cancelled while it is
-        # still opening its stages is the orchestrator's own matter; a call dropped mid-turn is checked above.)
-        assert (await settled(gs, timeout_s=3))["gateway"] == 0
+        # Every call was let go of: at the gateway, the orchestrator and each backend (sessions refused or
+        # dropped while the orchestrator was still opening its stages included).
+        assert not any((await settled(gs, timeout_s=5)).values())
 
 
 async def test_too_many_calls_get_a_clean_close_with_a_reason(make_gateway) -> None:
