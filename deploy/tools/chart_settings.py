@@ -25,13 +25,14 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = REPO_ROOT / "helm" / "voxgrid" / "values.schema.json"
-SERVICES = ("stt", "llm", "tts", "duplex", "orchestrator")
+SERVICES = ("stt", "llm", "tts", "duplex", "orchestrator", "gateway")
 
 # Set by the chart from its own values; a settings map must not set them a second time.
 CHART_MANAGED = {
     "host", "port", "metrics_port", "max_sessions", "drain_grace_s", "auth_tokens", "auth_token_file",
     "tls_cert_file", "tls_key_file", "log_level", "log_format",
     "stt_backends", "llm_backends", "tts_backends", "duplex_backends", "backend_token",
+    "orchestrator_backends", "orchestrator_token",
 }
 
 # Runs in the child: find the ServerSettings subclass of the module and print its JSON schema.
@@ -50,7 +51,7 @@ print(json.dumps(found[0].model_json_schema()))
 
 
 def settings_module(svc: str) -> str:
-    return "orchestrator.settings" if svc == "orchestrator" else f"services.{svc}.settings"
+    return f"{svc}.settings" if svc in ("orchestrator", "gateway") else f"services.{svc}.settings"
 
 
 def settings_file(svc: str, root: Path) -> Path:

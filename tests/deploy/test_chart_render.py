@@ -46,7 +46,16 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
         "modelCache.hfTokenSecret=hf", "llm.settings.quantization=fp8",
     ]),
     "external-llm": ("cpu", ["llm.enabled=false", "orchestrator.externalBackends.llm=static:10.1.2.3:50051"]),
+    "gateway": ("cpu", [
+        "gateway.enabled=true", "gateway.ingress.enabled=true", "gateway.ingress.tlsSecretName=vg-tls",
+        "networkPolicy.clientsFrom[0].podSelector.matchLabels.role=client",
+    ]),
+    "gateway-tls-k8s-discovery": ("h100", [
+        "gateway.enabled=true", "orchestrator.discovery=k8s", "tls.enabled=true", "tls.secretName=vg-tls",
+        "gateway.service.type=LoadBalancer", "gateway.settings.defaultProfile=support",
+    ]),
 }
+GATEWAY_CASES = ("gateway", "gateway-tls-k8s-discovery")
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +173,26 @@ def test_profiles_pin_gpu_models(rendered: dict[str, list[dict[str, Any]]]) -> N
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_probes_are_native_grpc_health(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
+    """gRPC services: native gRPC health probes. The gateway is HTTP: /healthz (alive) and /readyz
+    (an orchestrator is known and the pod is not draining) on its 8080 port, HTTPS when TLS is on."""
+    tls = any(o["kind"] == "Deployment" and "tls" in {v["name"] for v in o["spec"]["template"]["spec"]["volumes"]}
+              for o in rendered[case])
     for svc, d in deployments(rendered[case]).items():
         c = main_container(d)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": 50051}, f"{svc} {probe}"
-            assert not {"exec", "httpGet", "tcpSocket"} & set(c[probe])
+        if svc == "gateway":
+            paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+            for probe, path in paths.items():
+                assert c[probe]["httpGet"] == {"path": path, "port": "http", "scheme": "HTTPS" if tls else "HTTP"}
+                assert not {"exec", "grpc", "tcpSocket"} & set(c[probe])
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            assert ports == {"http": 8080, "metrics": 9090}
+        else:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert c[probe]["grpc"] == {"port": 50051}, f"{svc} {probe}"
+                assert not {"exec", "httpGet", "tcpSocket"} & set(c[probe])
+            assert {p["containerPort"] for p in c["ports"]} == {50051, 9090}
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, f"{svc}: startup window too short"
-        assert {p["containerPort"] for p in c["ports"]} == {50051, 9090}
 
 
 def test_startup_window_follows_startup_timeout(helm: Helm) -> None:
@@ -204,7 +225,8 @@ def test_each_container_runs_its_service(rendered: dict[str, list[dict[str, Any]
         assert c["image"].endswith(f"voxgrid-{svc}:0.1.0")
         env = env_of(c)
         prefix = f"VOXGRID_{svc.upper()}_"
-        assert env[prefix + "HOST"] == "0.0.0.0" and env[prefix + "PORT"] == "50051"
+        port = "8080" if svc == "gateway" else "50051"  # the gateway speaks HTTP/WebSocket, not gRPC
+        assert env[prefix + "HOST"] == "0.0.0.0" and env[prefix + "PORT"] == port
         assert env[prefix + "METRICS_PORT"] == "9090"
         assert int(env[prefix + "MAX_SESSIONS"]) >= 1
         shared = {"VOXGRID_CACHE_DIR"}  # where any voxgrid process keeps models it builds
@@ -240,7 +262,8 @@ def test_backends_are_headless_and_the_orchestrator_discovers_them(
     deps = deployments(objects)
     headless = headless_services(objects)
     orch_env = env_of(main_container(deps["orchestrator"]))
-    discovery = "k8s" if case in ("k8s-discovery", "a100", "hostpath-no-auth-no-netpol") else "dns"
+    k8s_cases = ("k8s-discovery", "a100", "hostpath-no-auth-no-netpol", "gateway-tls-k8s-discovery")
+    discovery = "k8s" if case in k8s_cases else "dns"
     for svc in BACKENDS:
         value = orch_env.get(f"VOXGRID_ORCHESTRATOR_{svc.upper()}_BACKENDS")
         if svc not in deps:
@@ -508,14 +531,22 @@ def test_notes_render(helm: Helm) -> None:
     assert "port-forward svc/vg-voxgrid-orchestrator 50051:50051" in notes
     assert "kubectl -n voice get secret vg-voxgrid-auth" in notes
     assert "tiny.en" in notes and "CPU" in notes
+    assert "gateway" not in notes.lower(), "the gateway is off by default"
+    done = helm.run("install", "vg", str(Path(__file__).resolve().parents[2] / "helm" / "voxgrid"),
+                    "--dry-run=client", "--namespace", NAMESPACE, "--set", "gateway.enabled=true", "-f",
+                    str(Path(__file__).resolve().parents[2] / "helm" / "voxgrid" / "values-cpu.yaml"))
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/vg-voxgrid-gateway 8080:8080" in notes
+    assert "/phone/<profile>" in notes
 
 
 def test_every_setting_reaches_its_env_var(helm: Helm, tmp_path: Path) -> None:
     """One home per knob: each <svc>.settings key of the schema becomes VOXGRID_<SVC>_<FIELD>."""
     schema = json.loads((Path(__file__).resolve().parents[2] / "helm/voxgrid/values.schema.json").read_text())
-    values: dict[str, Any] = {"duplex": {"enabled": True}}
+    values: dict[str, Any] = {"duplex": {"enabled": True}, "gateway": {"enabled": True}}
     expected: dict[str, set[str]] = {}
-    for svc in ("stt", "llm", "tts", "duplex", "orchestrator"):
+    for svc in ("stt", "llm", "tts", "duplex", "orchestrator", "gateway"):
         properties = schema["$defs"][f"{svc}Settings"]["properties"]
         settings = {k: p["default"] for k, p in properties.items() if p.get("default") not in (None, "")}
         if "model" in properties:
@@ -530,3 +561,99 @@ def test_every_setting_reaches_its_env_var(helm: Helm, tmp_path: Path) -> None:
     for svc, names in expected.items():
         env = env_of(main_container(deps[svc]))
         assert names <= set(env), f"{svc}: {sorted(names - set(env))} not set"
+
+
+def test_gateway_is_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for case in ("default", *PROFILES):
+        labels = [o["metadata"]["labels"] for o in rendered[case]]
+        assert not [x for x in labels if x.get("app.kubernetes.io/component") == "gateway"]
+
+
+@pytest.mark.parametrize("case", GATEWAY_CASES)
+def test_gateway_reaches_the_orchestrator_headless_service(
+    rendered: dict[str, list[dict[str, Any]]], case: str
+) -> None:
+    """The gateway balances calls itself over every orchestrator pod: the dns: form of the orchestrator's
+    headless Service (also with orchestrator.discovery=k8s: the gateway needs no API access)."""
+    objects = rendered[case]
+    deps = deployments(objects)
+    gateway = deps["gateway"]
+    env = env_of(main_container(gateway))
+    headless = headless_services(objects)["orchestrator"]
+    name = headless["metadata"]["name"]
+    assert env["VOXGRID_GATEWAY_ORCHESTRATOR_BACKENDS"] == f"dns:{name}.{NAMESPACE}.svc.cluster.local:50051"
+    assert headless["spec"]["selector"].items() <= deps["orchestrator"]["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert 50051 in {p["port"] for p in headless["spec"]["ports"]}
+    pod = gateway["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "models" not in {v["name"] for v in pod["volumes"]} and "initContainers" not in pod
+    assert env["VOXGRID_GATEWAY_DRAIN_GRACE_S"] == "300"
+    assert pod["terminationGracePeriodSeconds"] >= 300 + main_container(gateway)["lifecycle"]["preStop"]["sleep"][
+        "seconds"]
+
+
+def test_gateway_settings_and_service(rendered: dict[str, list[dict[str, Any]]], helm: Helm, tmp_path: Path) -> None:
+    profiles = {"support": {"systemPrompt": "Be brief.", "voice": "en_US-joe-medium"}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps({"gateway": {"enabled": True, "settings": {"profiles": json.dumps(profiles)}}}))
+    env = env_of(main_container(deployments(helm.render("cpu", values=[path]))["gateway"]))
+    assert json.loads(env["VOXGRID_GATEWAY_PROFILES"]) == profiles
+    objects = rendered["gateway-tls-k8s-discovery"]
+    env = env_of(main_container(deployments(objects)["gateway"]))
+    assert env["VOXGRID_GATEWAY_DEFAULT_PROFILE"] == "support"
+    assert env["VOXGRID_GATEWAY_TLS_CERT_FILE"] == "/var/run/voxgrid/tls/tls.crt"
+    (service,) = [s for s in objects if s["kind"] == "Service" and component(s) == "gateway"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "http": (8080, "http"), "metrics": (9090, "metrics")}
+    assert service["spec"]["selector"].items() <= deployments(objects)["gateway"]["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert service["metadata"]["labels"]["voxgrid.io/metrics"] == "true", "scraped like every other service"
+
+
+def test_gateway_auth_token_is_accepted_by_the_orchestrator(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    import base64
+
+    objects = rendered["gateway"]
+    (secret,) = by_kind(objects, "Secret").values()
+    own = base64.b64decode(secret["data"]["gateway-token"]).decode()
+    client, last = base64.b64decode(secret["data"]["tokens"]).decode().splitlines()
+    assert last == own and client != own and len(own) >= 32
+    c = main_container(deployments(objects)["gateway"])
+    (token,) = [e for e in c["env"] if e["name"] == "VOXGRID_GATEWAY_ORCHESTRATOR_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "gateway-token"}
+    assert env_of(c)["VOXGRID_GATEWAY_AUTH_TOKEN_FILE"] == "/var/run/voxgrid/auth/tokens"
+    pod = deployments(objects)["gateway"]["spec"]["template"]["spec"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "auth"]
+    assert vol["secret"]["items"] == [{"key": "tokens", "path": "tokens"}], "callers use the clients' tokens"
+
+
+def test_gateway_ingress_pdb_and_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["gateway"]
+    deps = deployments(objects)
+    gw_labels = deps["gateway"]["spec"]["template"]["metadata"]["labels"]
+    (ingress,) = by_kind(objects, "Ingress").values()
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "vg-voxgrid-gateway", "port": {"name": "http"}}
+    assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert ingress["spec"]["tls"][0]["secretName"] == "vg-tls"
+    pdbs = {component(p): p for p in objects if p["kind"] == "PodDisruptionBudget"}
+    assert pdbs["gateway"]["spec"]["selector"]["matchLabels"].items() <= gw_labels.items()
+    policies = {component(p): p for p in objects if p["kind"] == "NetworkPolicy"}
+    gw = policies["gateway"]["spec"]
+    assert gw["policyTypes"] == ["Ingress", "Egress"]
+    http_rule, metrics_rule = gw["ingress"]
+    assert http_rule["ports"] == [{"port": 8080, "protocol": "TCP"}] and "from" not in http_rule
+    assert metrics_rule == policies["orchestrator"]["spec"]["ingress"][1], "scraped like every other service"
+    dns, orch = gw["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert orch["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    (peer,) = orch["to"]
+    orch_labels = deps["orchestrator"]["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= orch_labels.items()
+    # clientsFrom restricts who reaches the orchestrator; this release's gateway stays allowed.
+    grpc_rule = policies["orchestrator"]["spec"]["ingress"][0]
+    selectors = [p["podSelector"]["matchLabels"] for p in grpc_rule["from"]]
+    assert {"role": "client"} in selectors
+    assert any(sel.items() <= gw_labels.items() for sel in selectors)

@@ -25,7 +25,10 @@ EXTRAS = {
     "tts": {"tts", "tts-kokoro"},
     "duplex": set(),
     "orchestrator": {"orchestrator", "orchestrator-k8s"},
+    "gateway": {"gateway"},
 }
+# Ports each image serves: gRPC + metrics, or the gateway's HTTP/WebSocket + metrics.
+PORTS = {svc: ("8080" if svc == "gateway" else "50051", "9090") for svc in EXTRAS}
 GPU_SERVICES = ("stt", "llm", "tts", "duplex")
 
 
@@ -107,9 +110,10 @@ def test_image_runs_its_service_as_non_root(svc: str) -> None:
     assert any("useradd --uid " + user.split(":")[0] in run for run in final.args("RUN"))
     env = " ".join(final.args("ENV"))
     prefix = f"VOXGRID_{svc.upper()}_"
-    for setting in ("HOST=0.0.0.0", "PORT=50051", "METRICS_PORT=9090"):
+    main, metrics = PORTS[svc]
+    for setting in ("HOST=0.0.0.0", f"PORT={main}", f"METRICS_PORT={metrics}"):
         assert prefix + setting in env
-    assert {"50051", "9090"} <= set(" ".join(final.args("EXPOSE")).split())
+    assert {main, metrics} <= set(" ".join(final.args("EXPOSE")).split())
 
 
 @pytest.mark.parametrize("svc", list(EXTRAS))
@@ -140,10 +144,11 @@ def test_gpu_images_use_cuda_runtime_and_a_model_volume(svc: str) -> None:
     assert any("chown 10001:10001 /models" in run for run in final.args("RUN"))
 
 
-def test_orchestrator_image_is_slim_python() -> None:
-    stages = parse_dockerfile(dockerfile("orchestrator"))
+@pytest.mark.parametrize("svc", ["orchestrator", "gateway"])
+def test_model_free_images_are_slim_python(svc: str) -> None:
+    stages = parse_dockerfile(dockerfile(svc))
     assert all(s.base == "python:3.11-slim" for s in stages)
-    assert not stages[-1].args("VOLUME"), "the orchestrator loads no model"
+    assert not stages[-1].args("VOLUME"), f"the {svc} loads no model"
 
 
 def test_duplex_image_follows_its_torch_pin_recipe() -> None:
@@ -166,6 +171,13 @@ def test_dockerignore_keeps_secrets_and_venvs_out() -> None:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "*", "allow-list: only what pip install needs enters the build context"
     assert "!pyproject.toml" in lines and "!voxgrid" in lines and "!services" in lines
+    assert "!orchestrator" in lines and "!gateway" in lines
+
+
+def test_gateway_page_ships_in_the_package() -> None:
+    """The gateway serves gateway/static/ from the installed package: it must be package data."""
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert "static/*" in pyproject["tool"]["setuptools"]["package-data"]["gateway"]
 
 
 def test_compose_runs_each_service_from_its_image() -> None:
@@ -182,7 +194,7 @@ def test_compose_runs_each_service_from_its_image() -> None:
             assert env[f"VOXGRID_{svc.upper()}_DEVICE" if svc != "llm" else "VOXGRID_LLM_ENGINE"] in ("cuda", "vllm")
         else:
             assert not devices, f"{svc} runs on CPU here"
-        if svc != "orchestrator":
+        if svc not in ("orchestrator", "gateway"):
             assert "models:/models" in spec["volumes"]
             assert spec["healthcheck"]["test"][:2] == ["CMD", "python3"]
     orch = services["orchestrator"]
@@ -191,6 +203,10 @@ def test_compose_runs_each_service_from_its_image() -> None:
         assert orch["depends_on"][backend] == {"condition": "service_healthy"}
     assert orch["ports"][0] == "${VOXGRID_BIND:-127.0.0.1}:50051:50051", "not exposed beyond the host by default"
     assert all("50051" not in str(services[b].get("ports", "")) for b in GPU_SERVICES), "backends stay internal"
+    gateway = services["gateway"]
+    assert gateway["environment"]["VOXGRID_GATEWAY_ORCHESTRATOR_BACKENDS"] == "static:orchestrator:50051"
+    assert gateway["ports"] == ["${VOXGRID_BIND:-127.0.0.1}:8080:8080"]
+    assert "/readyz" in " ".join(gateway["healthcheck"]["test"])
 
 
 def test_fetch_helm_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,3 +150,19 @@ app.kubernetes.io/component: {{ .svc }}
 {{- $cfg := index .root.Values .svc -}}
 {{- max 1 (int (floor (mulf (float64 $cfg.maxSessions) (float64 $cfg.autoscaling.targetUtilization)))) -}}
 {{- end -}}
+
+{{/* Where the gateway finds orchestrators: gateway.orchestratorBackends, else this release's
+orchestrator headless Service by DNS (every ready pod's A record; no API access needed). */}}
+{{- define "voxgrid.gatewayBackends" -}}
+{{- if .Values.gateway.orchestratorBackends -}}
+{{- .Values.gateway.orchestratorBackends -}}
+{{- else -}}
+{{- $name := include "voxgrid.headlessName" (dict "root" . "svc" "orchestrator") -}}
+{{- printf "dns:%s.%s.svc.%s:50051" $name .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The port of a discovery string (the last one of a static: list). */}}
+{{- define "voxgrid.discoveryPort" -}}
+{{- regexFind "[0-9]+$" . -}}
+{{- end -}}
