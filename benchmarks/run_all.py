@@ -14,6 +14,7 @@ RUNS = [
     ["bench_tts.py"],
     ["bench_orchestrator.py", "overhead"],
     ["bench_orchestrator.py", "v2v"],
+    ["bench_gateway.py"],
 ]
 
 
