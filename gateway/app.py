@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import signal
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from gateway.phone import PhoneCall
 from gateway.profiles import ProfileError, Profiles
 from gateway.settings import Settings
 from voxgrid.config import accepted_tokens
+from voxgrid.server.lifecycle import SignalDrain
 
 __all__ = ["GatewayServer", "Settings", "serve", "start_gateway"]
 log = logging.getLogger("voxgrid.gateway")
@@ -192,26 +192,11 @@ async def serve(settings: Settings) -> int:
     except (ProfileError, OSError) as exc:
         log.error("gateway settings are unusable: %s", exc)
         return 1
-    loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task[None]] = []
-
-    def on_signal(signum: int) -> None:
-        if tasks:
-            log.warning("second signal: stopping without waiting")
-            tasks.append(loop.create_task(server.stop()))
-            return
-        log.info("received %s", signal.Signals(signum).name)
-        tasks.append(loop.create_task(server.drain()))
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    signals = SignalDrain(server)
     try:
         await server.start()
     except OSError as exc:
         log.error("gateway could not start: %s", exc)
         return 1
-    await server.wait_stopped()
-    for task in tasks:
-        with contextlib.suppress(Exception):
-            await task
+    await signals.wait()
     return 0

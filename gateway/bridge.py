@@ -132,7 +132,7 @@ class CallBridge(abc.ABC):
             log.info("%s call refused: %s", self.kind, refusal[1])
             await self.ws.close(code=refusal[0], message=refusal[1].encode())
             return
-        started = gate.enter(self.kind)
+        started = gate.enter_call(self.kind)
         self.ctx.sockets.add(self.ws)
         code, reason = calls.CLOSE_NORMAL, "call ended"
         try:
@@ -161,7 +161,7 @@ class CallBridge(abc.ABC):
             if self.link is not None:
                 self.link.close()
             self.ctx.sockets.discard(self.ws)
-            gate.leave(self.kind, started)
+            gate.leave_call(self.kind, started)
             if not self.ws.closed:
                 with contextlib.suppress(Exception):
                     await self.ws.close(code=code, message=reason.encode())

@@ -7,10 +7,10 @@ a client (or an operator reading a provider's logs) can act on.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from voxgrid import metrics
+from voxgrid.server.admission import Admission
 
 SERVICE = "gateway"
 # WebSocket close codes the gateway uses (RFC 6455 section 7.4.1; 4000-4999 are application codes).
@@ -47,43 +47,30 @@ class GatewayMetrics:
         self.draining = metrics.gauge(SERVICE, "draining", "1 while the gateway drains after SIGTERM.")
 
 
-class CallGate:
+class CallGate(Admission):
     """Counts live calls against the limit; draining refuses new ones and waits for the live ones."""
 
     def __init__(self, max_calls: int, gm: GatewayMetrics) -> None:
+        super().__init__(max_calls)
         self.max_calls = max_calls
         self.metrics = gm
-        self.active = 0
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         gm.call_capacity.set(max_calls)
 
     def refusal(self) -> tuple[int, str] | None:
         """Why a new call cannot start now (close code, reason), or None."""
         if self.draining:
             return CLOSE_RESTARTING, "gateway is shutting down: reconnect to another replica"
-        if self.active >= self.max_calls:
+        if self.full:
             return CLOSE_TRY_AGAIN, f"gateway is full ({self.max_calls} calls): try again shortly"
         return None
 
-    def enter(self, kind: str) -> float:
-        self.active += 1
-        self._idle.clear()
+    def enter_call(self, kind: str) -> float:
+        self.enter()
         self.metrics.active_calls.labels(kind).inc()
         self.metrics.calls.labels(kind).inc()
         return time.monotonic()
 
-    def leave(self, kind: str, started: float) -> None:
-        self.active -= 1
+    def leave_call(self, kind: str, started: float) -> None:
+        self.leave()
         self.metrics.active_calls.labels(kind).dec()
         self.metrics.call_seconds.labels(kind).observe(time.monotonic() - started)
-        if self.active == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False

@@ -13,7 +13,6 @@ import abc
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -25,6 +24,7 @@ from prometheus_client import REGISTRY, start_http_server
 from voxgrid.config import ServerSettings, accepted_tokens
 from voxgrid.metrics import ServiceMetrics
 from voxgrid.server.interceptors import AuthInterceptor, SessionGate
+from voxgrid.server.lifecycle import SignalDrain
 
 log = logging.getLogger("voxgrid.server")
 
@@ -210,19 +210,7 @@ async def start_server(
 async def serve(runtime: ServiceRuntime, settings: ServerSettings) -> int:
     """Serve until SIGTERM/SIGINT, then drain; returns the process exit code."""
     server = ServiceServer(runtime, settings)
-    loop = asyncio.get_running_loop()
-    drain_task: list[asyncio.Task[None]] = []
-
-    def on_signal(signum: int) -> None:
-        if drain_task:  # a second signal: stop now
-            log.warning("second signal: stopping without waiting")
-            drain_task.append(loop.create_task(server.stop()))
-            return
-        log.info("received %s", signal.Signals(signum).name)
-        drain_task.append(loop.create_task(server.drain()))
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    signals = SignalDrain(server)
     await server.start()
     try:
         await server.wait_ready()
@@ -230,8 +218,5 @@ async def serve(runtime: ServiceRuntime, settings: ServerSettings) -> int:
         log.error("%s", exc)
         await server.stop()
         return 1
-    await server.wait_stopped()
-    for task in drain_task:
-        with contextlib.suppress(Exception):
-            await task
+    await signals.wait()
     return 0

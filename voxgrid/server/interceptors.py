@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from voxgrid.metrics import ServiceMetrics
+from voxgrid.server.admission import Admission
 
 log = logging.getLogger("voxgrid.server")
 
@@ -76,17 +77,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-class SessionGate(grpc.aio.ServerInterceptor):
+class SessionGate(Admission, grpc.aio.ServerInterceptor):
     """Admission control and accounting for the service's bidi streams."""
 
     def __init__(self, service: str, service_names: list[str], max_sessions: int, metrics: ServiceMetrics) -> None:
+        super().__init__(max_sessions)
         self.service = service
         self._prefixes = tuple(f"/{name}/" for name in service_names)
         self.max_sessions = max_sessions
-        self.active = 0
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._metrics = metrics
         metrics.session_capacity.set(max_sessions)
 
@@ -94,18 +92,11 @@ class SessionGate(grpc.aio.ServerInterceptor):
         if self.draining:
             return (grpc.StatusCode.UNAVAILABLE,
                     f"this {self.service} replica is shutting down: open the stream on another replica", ())
-        if self.active >= self.max_sessions:
+        if self.full:
             return (grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"this {self.service} replica is full ({self.active}/{self.max_sessions} streams): "
                     "retry on another replica or later", (("retry-after-ms", "1000"),))
         return None
-
-    async def wait_idle(self, within_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), within_s)
-            return True
-        except TimeoutError:
-            return False
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -154,8 +145,7 @@ class SessionGate(grpc.aio.ServerInterceptor):
                 if refusal[2]:
                     context.set_trailing_metadata(refusal[2])
                 await context.abort(refusal[0], refusal[1])
-            gate.active += 1
-            gate._idle.clear()
+            gate.enter()
             started = time.monotonic()
             released = False
 
@@ -166,14 +156,12 @@ class SessionGate(grpc.aio.ServerInterceptor):
                 if released:
                     return
                 released = True
-                gate.active -= 1
+                gate.leave()
                 gate._metrics.active_sessions.set(gate.active)
                 gate._metrics.session_seconds.observe(time.monotonic() - started)
                 code = context.code()
                 if code not in (None, grpc.StatusCode.OK, 0):
                     gate._metrics.errors.labels(getattr(code, "name", str(code))).inc()
-                if gate.active == 0:
-                    gate._idle.set()
 
             context.add_done_callback(release)
             # Headers now tell the client it was admitted (a refusal arrives as a trailers-only status),
