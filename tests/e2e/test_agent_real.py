@@ -6,19 +6,16 @@ the caller's speech is made with flite and streamed in real time.
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
 import pytest_asyncio
 import soxr
 
-from orchestrator.app import AgentRuntime
 from orchestrator.client import TE, AgentCall, session_config
-from orchestrator.settings import Settings
 from tests.conftest import synthesize_speech
+from tests.real_stack import real_agent_stack
 from voxgrid.client import channel
-from voxgrid.server.chassis import start_server
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -32,20 +29,8 @@ def speech(text: str, speech_dir) -> object:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def real_stack():
-    from services.llm.app import LlmRuntime, LlmSettings
-    from services.stt.app import SttRuntime, SttSettings
-    from services.tts.app import TtsRuntime, TtsSettings
-
-    async with contextlib.AsyncExitStack() as stack:
-        stt = await stack.enter_async_context(start_server(SttRuntime(SttSettings(port=0)), SttSettings(port=0)))
-        llm_settings = LlmSettings(port=0)
-        llm = await stack.enter_async_context(start_server(LlmRuntime(llm_settings), llm_settings))
-        tts = await stack.enter_async_context(start_server(TtsRuntime(TtsSettings(port=0)), TtsSettings(port=0)))
-        settings = Settings(port=0, stt_backends=stt.address, llm_backends=llm.address, tts_backends=tts.address,
-                            max_tokens=40)
-        orch = await stack.enter_async_context(start_server(AgentRuntime(settings), settings))
-        ch = await stack.enter_async_context(channel(orch.address))
-        yield agent_pb2_grpc.AgentStub(ch), {"stt": stt, "llm": llm, "tts": tts}
+    async with real_agent_stack(max_tokens=40) as (orch, backends), channel(orch.address) as ch:
+        yield agent_pb2_grpc.AgentStub(ch), backends
 
 
 async def ask(call: AgentCall, x, turn: int) -> None:

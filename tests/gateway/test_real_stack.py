@@ -20,11 +20,9 @@ import soxr
 from gateway.app import start_gateway
 from gateway.media_client import MediaStreamCaller, to_mulaw
 from gateway.settings import Settings
-from orchestrator.app import AgentRuntime
-from orchestrator.settings import Settings as OrchestratorSettings
 from tests.conftest import synthesize_speech
+from tests.real_stack import real_agent_stack
 from voxgrid.audio import write_wav
-from voxgrid.server.chassis import start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUESTION = "What is the capital of France?"
@@ -32,18 +30,8 @@ QUESTION = "What is the capital of France?"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def real_gateway():
-    from services.llm.app import LlmRuntime, LlmSettings
-    from services.stt.app import SttRuntime, SttSettings
-    from services.tts.app import TtsRuntime, TtsSettings
-
     async with contextlib.AsyncExitStack() as stack:
-        stt = await stack.enter_async_context(start_server(SttRuntime(SttSettings(port=0)), SttSettings(port=0)))
-        llm_settings = LlmSettings(port=0)
-        llm = await stack.enter_async_context(start_server(LlmRuntime(llm_settings), llm_settings))
-        tts = await stack.enter_async_context(start_server(TtsRuntime(TtsSettings(port=0)), TtsSettings(port=0)))
-        orch_settings = OrchestratorSettings(port=0, stt_backends=stt.address, llm_backends=llm.address,
-                                             tts_backends=tts.address, max_tokens=30)
-        orch = await stack.enter_async_context(start_server(AgentRuntime(orch_settings), orch_settings))
+        orch, _ = await stack.enter_async_context(real_agent_stack(max_tokens=30))
         profiles = '{"concierge": {"systemPrompt": "You are a helpful voice assistant. Answer in one short sentence."}}'
         gw = await stack.enter_async_context(start_gateway(Settings(
             port=0, orchestrator_backends=f"static:{orch.address}", profiles=profiles, idle_timeout_s=60)))
