@@ -15,7 +15,7 @@ async def run_demo(target: str, out_dir: str = "out") -> int:
     print(f"\ndemo: asking the agent {QUESTION!r} (speech synthesised with flite, streamed in real time)")
     with tempfile.TemporaryDirectory() as tmp:
         samples, rate = read_wav(synthesize_question(QUESTION, Path(tmp) / "question.wav"))
-    record, _, config = await talk(target, samples, rate)
+    record, config = await talk(target, samples, rate)
     print_turn(record)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

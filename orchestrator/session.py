@@ -87,7 +87,6 @@ class Turn:
     forced: bool = False  # the current request asks for an answer without more tool calls
     round_start: int = 0  # where the current request's text starts in `text`
     held_text: str = ""  # text held back while it looks like JSON or code
-    interrupted: bool = False
     cancelled: bool = False
     speculative: bool = False  # prepared from STT's preview; its audio waits for the endpoint
     utterance_id: int = 0  # the caller utterance it answers
@@ -788,7 +787,7 @@ class PipelineSession:
         if turn.speculative:
             self._void_speculation(turn)
             return
-        turn.cancelled = turn.interrupted = True
+        turn.cancelled = True
         self.streams["llm"].send(llm_pb2.ChatRequest(cancel=llm_pb2.CancelRequest(request_id=turn.request_id)))
         if any(not s.done for s in turn.segments):
             self.tts_draining = True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +29,18 @@ def synthesize_question(text: str, path: Path) -> Path:
 async def talk(
     target: str, samples: np.ndarray, rate: int, *, phone: bool = False, token: str | None = None,
     system_prompt: str = "", voice: str = "", timeout_s: float = 90.0,
-) -> tuple[CallRecord, float, agent_pb2.SessionConfig]:
+) -> tuple[CallRecord, agent_pb2.SessionConfig]:
     """Stream one utterance in real time, wait for the agent's whole answer; returns the call record."""
     encoding, in_rate = (MULAW, 8000) if phone else (PCM16, 16000)
     config = session_config(rate=in_rate, encoding=encoding, system_prompt=system_prompt, voice=voice)
     async with channel(target, token=token) as ch, AgentCall(agent_pb2_grpc.AgentStub(ch), config) as call:
-        t0 = time.monotonic()
         await call.stream(samples, rate)
         await call.silence(timeout_s, until=lambda: bool(
             call.record.events(TE.KIND_AGENT_STOPPED_SPEAKING) or call.record.events(TE.KIND_INTERRUPTED)
             or call.done.is_set()))
         if call.error is not None:
             raise SystemExit(f"the agent refused the call: {call.error.code().name}: {call.error.details()}")
-        return call.record, t0, config
+        return call.record, config
 
 
 def summary(record: CallRecord) -> dict:
@@ -72,7 +70,7 @@ async def run_talk(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.input) if args.input else synthesize_question(args.say, Path(tmp) / "q.wav")
         samples, rate = read_wav(path)
-    record, _, config = await talk(args.target, samples, rate, phone=args.phone, token=args.token,
+    record, config = await talk(args.target, samples, rate, phone=args.phone, token=args.token,
                                    system_prompt=args.system, voice=args.voice)
     out_spec_rate = config.input_format.sample_rate_hz
     reply = record.agent_audio(AudioSpec(config.input_format.encoding, out_spec_rate))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -47,10 +46,6 @@ def service_module(name: str) -> Any:
         raise SystemExit(
             f"service {name!r} cannot start: {exc}. Install its extra: pip install 'voxgrid[{name}]'"
         ) from exc
-
-
-def available_services() -> list[str]:
-    return [n for n, mod in SERVICES.items() if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None]
 
 
 def _serve(argv: list[str]) -> int:
