@@ -34,8 +34,10 @@ bench: setup
 DUPLEX_VENV ?= .venv-duplex
 duplex-env: $(DUPLEX_VENV)/.installed
 
-$(DUPLEX_VENV)/.installed: deploy/duplex-env.sh
+$(DUPLEX_VENV)/.installed: deploy/duplex-env.sh setup.py
 	PYTHON=$(PYTHON) bash deploy/duplex-env.sh $(DUPLEX_VENV)
+	# voxgrid itself, editable and without dependencies: setup.py maps services/ etc. under voxgrid.
+	$(DUPLEX_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 ## test-duplex: the duplex tests (small random Moshi on CPU) in the duplex venv

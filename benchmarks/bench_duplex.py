@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 import numpy as np
+from voxgrid.services.duplex.engines.moshi_engine import MoshiBatchModel
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
 
 from benchmarks.common import pct, table
-from services.duplex.engines.moshi_engine import MoshiBatchModel
-from services.duplex.engines.slot_sampling import SlotSampling
 
 
 def measure(model_name: str, batch: int, steps: int, device: str) -> list[float]:

@@ -30,9 +30,10 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from voxgrid.orchestrator.client import AgentCall, session_config
+
 from benchmarks.bench_orchestrator import QUESTIONS
 from benchmarks.common import ROOT, ServiceProcess, free_port, pct, table
-from orchestrator.client import AgentCall, session_config
 from voxgrid.audio import encode, pcm16_spec
 from voxgrid.client import channel
 from voxgrid.speech import synthesize

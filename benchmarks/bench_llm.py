@@ -22,10 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from voxgrid.services.llm.app import LlmRuntime
+from voxgrid.services.llm.client import ChatStream, Result, assistant, system, user
+from voxgrid.services.llm.settings import LlmSettings
+
 from benchmarks.common import pct, table
-from services.llm.app import LlmRuntime
-from services.llm.client import ChatStream, Result, assistant, system, user
-from services.llm.settings import LlmSettings
 from voxgrid.client import channel
 from voxgrid.server.chassis import start_server
 from voxgrid.v1 import audio_pb2, llm_pb2

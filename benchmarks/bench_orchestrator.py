@@ -25,8 +25,9 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from voxgrid.orchestrator.client import TE, AgentCall, session_config
+
 from benchmarks.common import ROOT, ServiceProcess, cpu_seconds, free_port, pct, table
-from orchestrator.client import TE, AgentCall, session_config
 from voxgrid.client import channel
 from voxgrid.speech import synthesize
 from voxgrid.v1 import agent_pb2_grpc, audio_pb2

@@ -21,11 +21,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.stt.app import SttRuntime
-from services.stt.client import audio_chunks, recognize
-from services.stt.engines.faster_whisper import FasterWhisperEngine
-from services.stt.scheduler import BatchStats
-from services.stt.settings import SttSettings
+from voxgrid.services.stt.app import SttRuntime
+from voxgrid.services.stt.client import audio_chunks, recognize
+from voxgrid.services.stt.engines.faster_whisper import FasterWhisperEngine
+from voxgrid.services.stt.scheduler import BatchStats
+from voxgrid.services.stt.settings import SttSettings
+
 from tests.stt.conftest import ASTERISK_DIR, asterisk_prompts, word_error_rate
 from voxgrid.audio import MULAW, AudioSpec, read_wav
 from voxgrid.client import channel

@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.tts.app import TtsRuntime
-from services.tts.settings import TtsSettings
+from voxgrid.services.tts.app import TtsRuntime
+from voxgrid.services.tts.settings import TtsSettings
+
 from voxgrid.client import channel
 from voxgrid.server.chassis import start_server
 from voxgrid.v1 import tts_pb2, tts_pb2_grpc

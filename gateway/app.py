@@ -17,14 +17,14 @@ from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
+from voxgrid.gateway.bridge import CallBridge, GatewayContext
+from voxgrid.gateway.browser import BrowserCall
+from voxgrid.gateway.calls import CLOSE_GOING_AWAY, CallGate, GatewayMetrics
+from voxgrid.gateway.link import orchestrator_pool
+from voxgrid.gateway.phone import PhoneCall
+from voxgrid.gateway.profiles import ProfileError, Profiles
+from voxgrid.gateway.settings import Settings
 
-from gateway.bridge import CallBridge, GatewayContext
-from gateway.browser import BrowserCall
-from gateway.calls import CLOSE_GOING_AWAY, CallGate, GatewayMetrics
-from gateway.link import orchestrator_pool
-from gateway.phone import PhoneCall
-from gateway.profiles import ProfileError, Profiles
-from gateway.settings import Settings
 from voxgrid.config import accepted_tokens
 from voxgrid.server.lifecycle import SignalDrain
 

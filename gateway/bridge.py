@@ -18,13 +18,13 @@ from typing import ClassVar
 
 import grpc
 from aiohttp import WSMsgType, web
+from voxgrid.gateway import calls
+from voxgrid.gateway.calls import CallGate, GatewayMetrics
+from voxgrid.gateway.latency import EdgeClock
+from voxgrid.gateway.link import AgentLink
+from voxgrid.gateway.profiles import ProfileError, Profiles
+from voxgrid.orchestrator.routing import BackendError, BackendPool
 
-from gateway import calls
-from gateway.calls import CallGate, GatewayMetrics
-from gateway.latency import EdgeClock
-from gateway.link import AgentLink
-from gateway.profiles import ProfileError, Profiles
-from orchestrator.routing import BackendError, BackendPool
 from voxgrid.audio import AudioSpec
 from voxgrid.logs import bind_session
 from voxgrid.v1 import agent_pb2

@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 
 from aiohttp import WSMsgType
 from google.protobuf import json_format
+from voxgrid.gateway import calls
+from voxgrid.gateway.bridge import CallBridge, CloseCall, SocketGone
+from voxgrid.gateway.link import AgentLink
 
-from gateway import calls
-from gateway.bridge import CallBridge, CloseCall, SocketGone
-from gateway.link import AgentLink
 from voxgrid.audio import AudioSpec, pcm16_spec
 from voxgrid.v1 import agent_pb2
 

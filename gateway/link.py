@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from orchestrator.discovery import parse_discovery
-from orchestrator.routing import BackendPool, StageStream
+from voxgrid.orchestrator.discovery import parse_discovery
+from voxgrid.orchestrator.routing import BackendPool, StageStream
+
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
 Req = agent_pb2.ConverseRequest
@@ -30,7 +31,7 @@ class AgentLink:
 
     @classmethod
     async def open(cls, pool: BackendPool, config: agent_pb2.SessionConfig) -> AgentLink:
-        """Raises orchestrator.routing.BackendError when no replica admits the session."""
+        """Raises voxgrid.orchestrator.routing.BackendError when no replica admits the session."""
         return cls(await pool.open("Converse", Req(config=config)))
 
     @property

@@ -18,10 +18,10 @@ import logging
 from typing import Any, ClassVar
 
 from aiohttp import WSMsgType
+from voxgrid.gateway import calls
+from voxgrid.gateway.bridge import CallBridge, CloseCall
+from voxgrid.gateway.link import AgentLink
 
-from gateway import calls
-from gateway.bridge import CallBridge, CloseCall
-from gateway.link import AgentLink
 from voxgrid.audio import MULAW, AudioSpec
 from voxgrid.v1 import agent_pb2
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from voxgrid.loadtest.corpus import INPUT_SPEC
+from voxgrid.loadtest.mic import PacedMic
+from voxgrid.loadtest.results import SessionOutcome, TurnRecord
+from voxgrid.loadtest.session import SessionContext
 
-from loadtest.corpus import INPUT_SPEC
-from loadtest.mic import PacedMic
-from loadtest.results import SessionOutcome, TurnRecord
-from loadtest.session import SessionContext
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
 TE = agent_pb2.TurnEvent

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from loadtest.results import RunResult, percentile
+from voxgrid.loadtest.results import RunResult, percentile
 
 
 @dataclass

@@ -7,13 +7,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.common import table
-from loadtest.capacity import CapacityResult, StepVerdict, levels, search
-from loadtest.corpus import load_corpus
-from loadtest.report import latency_table, write_report
-from loadtest.results import RunResult, summarize
-from loadtest.runner import DRIVERS, LoadConfig, run_load
-from loadtest.scrape import local_stack_metrics_urls, rtf_between, scrape
+from voxgrid.loadtest.capacity import CapacityResult, StepVerdict, levels, search
+from voxgrid.loadtest.corpus import load_corpus
+from voxgrid.loadtest.report import latency_table, write_report
+from voxgrid.loadtest.results import RunResult, summarize
+from voxgrid.loadtest.runner import DRIVERS, LoadConfig, run_load
+from voxgrid.loadtest.scrape import local_stack_metrics_urls, rtf_between, scrape
+
+from voxgrid.tables import table
 
 
 def _think(text: str) -> tuple[float, float]:

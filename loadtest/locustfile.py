@@ -24,9 +24,9 @@ grpc_gevent.init_gevent()
 import gevent  # noqa: E402
 from google.protobuf.json_format import MessageToDict  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
+from voxgrid.loadtest.agent_driver import LATENCY_FIELDS  # noqa: E402
+from voxgrid.loadtest.corpus import FRAME_MS, INPUT_SPEC, load_corpus, silence_frame  # noqa: E402
 
-from loadtest.agent_driver import LATENCY_FIELDS  # noqa: E402
-from loadtest.corpus import FRAME_MS, INPUT_SPEC, load_corpus, silence_frame  # noqa: E402
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 
 TE = agent_pb2.TurnEvent

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from loadtest.corpus import FRAME_MS, Utterance, silence_frame
+from voxgrid.loadtest.corpus import FRAME_MS, Utterance, silence_frame
 
 
 class PacedMic:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from voxgrid.loadtest.results import PERCENTILES, RunResult, by_concurrency, summarize
 
-from benchmarks.common import table
-from loadtest.results import PERCENTILES, RunResult, by_concurrency, summarize
+from voxgrid.tables import table
 
 # Metrics shown first in tables (when present), in pipeline order.
 KEY_METRICS = ("voice_to_voice_ms", "client_voice_to_voice_ms", "endpoint_wait_ms", "stt_finalization_ms",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import pct as percentile
+from voxgrid.tables import pct as percentile
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from loadtest.agent_driver import run_agent_session
-from loadtest.corpus import Utterance
-from loadtest.results import RunResult, SessionOutcome, TurnRecord, percentile
-from loadtest.service_drivers import run_duplex_session, run_llm_session, run_stt_session, run_tts_session
-from loadtest.session import SessionContext
+from voxgrid.loadtest.agent_driver import run_agent_session
+from voxgrid.loadtest.corpus import Utterance
+from voxgrid.loadtest.results import RunResult, SessionOutcome, TurnRecord, percentile
+from voxgrid.loadtest.service_drivers import run_duplex_session, run_llm_session, run_stt_session, run_tts_session
+from voxgrid.loadtest.session import SessionContext
+
 from voxgrid.client import channel
 
 DRIVERS: dict[str, Callable[[SessionContext], Awaitable[SessionOutcome]]] = {

@@ -14,11 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+from voxgrid.loadtest.corpus import INPUT_SPEC
+from voxgrid.loadtest.mic import PacedMic
+from voxgrid.loadtest.results import SessionOutcome
+from voxgrid.loadtest.session import SessionContext
 
-from loadtest.corpus import INPUT_SPEC
-from loadtest.mic import PacedMic
-from loadtest.results import SessionOutcome
-from loadtest.session import SessionContext
 from voxgrid.v1 import duplex_pb2, duplex_pb2_grpc, llm_pb2, llm_pb2_grpc, stt_pb2, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
 
 

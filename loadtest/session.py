@@ -9,9 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-
-from loadtest.corpus import Utterance
-from loadtest.results import SessionOutcome, TurnRecord
+from voxgrid.loadtest.corpus import Utterance
+from voxgrid.loadtest.results import SessionOutcome, TurnRecord
 
 
 @dataclass

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
+from voxgrid.orchestrator.discovery import parse_discovery
+from voxgrid.orchestrator.knowledge import KnowledgeBase, load_collections
+from voxgrid.orchestrator.routing import BackendPool
+from voxgrid.orchestrator.servicer import AgentServicer
+from voxgrid.orchestrator.session import Backends
+from voxgrid.orchestrator.settings import Settings
 
-from orchestrator.discovery import parse_discovery
-from orchestrator.knowledge import KnowledgeBase, load_collections
-from orchestrator.routing import BackendPool
-from orchestrator.servicer import AgentServicer
-from orchestrator.session import Backends
-from orchestrator.settings import Settings
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc, duplex_pb2_grpc, llm_pb2_grpc, stt_pb2_grpc, tts_pb2_grpc
 

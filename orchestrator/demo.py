@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from orchestrator.talk import print_turn, synthesize_question, talk
+from voxgrid.orchestrator.talk import print_turn, synthesize_question, talk
+
 from voxgrid.audio import AudioSpec, read_wav, write_wav
 
 QUESTION = "What is the capital of France?"

@@ -11,9 +11,9 @@ import contextlib
 from typing import Any
 
 import grpc
+from voxgrid.orchestrator import telemetry
+from voxgrid.orchestrator.routing import BackendPool, StageStream
 
-from orchestrator import telemetry
-from orchestrator.routing import BackendPool, StageStream
 from voxgrid.audio import AudioSpec
 from voxgrid.server.streams import Outbox, StreamError
 from voxgrid.v1 import agent_pb2, duplex_pb2

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from voxgrid.orchestrator.discovery import Discovery
 
-from orchestrator.discovery import Discovery
 from voxgrid.client import channel
 from voxgrid.server.interceptors import ADMITTED_HEADER
 

@@ -11,17 +11,17 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from voxgrid.orchestrator.duplex_relay import DuplexRelay
+from voxgrid.orchestrator.routing import BackendError
+from voxgrid.orchestrator.session import PipelineSession
+from voxgrid.orchestrator.tools import ToolRunner
 
-from orchestrator.duplex_relay import DuplexRelay
-from orchestrator.routing import BackendError
-from orchestrator.session import PipelineSession
-from orchestrator.tools import ToolRunner
 from voxgrid.audio import AudioSpec
 from voxgrid.server.streams import Outbox, abort, bind_session, pump, read_config
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2
 
 if TYPE_CHECKING:
-    from orchestrator.app import AgentRuntime
+    from voxgrid.orchestrator.app import AgentRuntime
 
 
 def validate_config(config: agent_pb2.SessionConfig, runtime: AgentRuntime) -> None:

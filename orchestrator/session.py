@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from voxgrid.orchestrator import telemetry
+from voxgrid.orchestrator.context import Conversation, Message
+from voxgrid.orchestrator.playout import Chunk, Playout
+from voxgrid.orchestrator.routing import BackendError, BackendPool, StageStream
+from voxgrid.orchestrator.state import State, StateMachine
+from voxgrid.orchestrator.tools import ToolResult, ToolRunner
 
-from orchestrator import telemetry
-from orchestrator.context import Conversation, Message
-from orchestrator.playout import Chunk, Playout
-from orchestrator.routing import BackendError, BackendPool, StageStream
-from orchestrator.state import State, StateMachine
-from orchestrator.tools import ToolResult, ToolRunner
 from voxgrid.audio import AudioSpec
 from voxgrid.server.streams import Outbox, StreamError
 from voxgrid.v1 import agent_pb2, audio_pb2, llm_pb2, stt_pb2, tts_pb2

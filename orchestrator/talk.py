@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf.json_format import MessageToDict
+from voxgrid.orchestrator.client import TE, AgentCall, CallRecord, session_config
 
-from orchestrator.client import TE, AgentCall, CallRecord, session_config
 from voxgrid.audio import MULAW, PCM16, AudioSpec, read_wav, write_wav
 from voxgrid.client import channel
 from voxgrid.speech import FliteMissing, synthesize

@@ -14,7 +14,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from orchestrator.knowledge import KnowledgeBase
+from voxgrid.orchestrator.knowledge import KnowledgeBase
+
 from voxgrid.v1 import agent_pb2, audio_pb2
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

@@ -9,17 +9,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from orchestrator.app import AgentRuntime
-from orchestrator.settings import Settings as OrchestratorSettings
+from voxgrid.orchestrator.app import AgentRuntime
+from voxgrid.orchestrator.settings import Settings as OrchestratorSettings
+
 from voxgrid.server.chassis import ServiceServer, start_server
 
 
 @contextlib.asynccontextmanager
 async def real_agent_stack(**orchestrator_kw: Any) -> AsyncIterator[tuple[ServiceServer, dict[str, ServiceServer]]]:
     """STT (tiny.en), LLM (Qwen2.5 0.5B bf16), TTS (Piper) and an orchestrator over them."""
-    from services.llm.app import LlmRuntime, LlmSettings
-    from services.stt.app import SttRuntime, SttSettings
-    from services.tts.app import TtsRuntime, TtsSettings
+    from voxgrid.services.llm.app import LlmRuntime, LlmSettings
+    from voxgrid.services.stt.app import SttRuntime, SttSettings
+    from voxgrid.services.tts.app import TtsRuntime, TtsSettings
 
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, ServiceServer] = {}

@@ -19,23 +19,23 @@ from voxgrid.config import add_settings_flags, settings_from_args, settings_tabl
 # service name -> module defining `Settings` and `create_runtime(settings)` (a gRPC service in the chassis),
 # or `Settings` and `async def serve(settings) -> int` (a service with its own server, e.g. the gateway)
 SERVICES: dict[str, str] = {
-    "stt": "services.stt.app",
-    "llm": "services.llm.app",
-    "tts": "services.tts.app",
-    "duplex": "services.duplex.app",
-    "orchestrator": "orchestrator.app",
-    "gateway": "gateway.app",
+    "stt": "voxgrid.services.stt.app",
+    "llm": "voxgrid.services.llm.app",
+    "tts": "voxgrid.services.tts.app",
+    "duplex": "voxgrid.services.duplex.app",
+    "orchestrator": "voxgrid.orchestrator.app",
+    "gateway": "voxgrid.gateway.app",
     "echo": "voxgrid.server.echo",
 }
 # modules defining `add_commands(subparsers)` for client commands (transcribe, generate, speak, ...)
 CLIENT_COMMANDS: tuple[str, ...] = (
     "voxgrid.local_stack",
-    "services.stt.cli",
-    "services.llm.cli",
-    "services.tts.cli",
-    "services.duplex.cli",
-    "orchestrator.cli",
-    "loadtest.cli",
+    "voxgrid.services.stt.cli",
+    "voxgrid.services.llm.cli",
+    "voxgrid.services.tts.cli",
+    "voxgrid.services.duplex.cli",
+    "voxgrid.orchestrator.cli",
+    "voxgrid.loadtest.cli",
 )
 
 

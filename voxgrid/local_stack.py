@@ -165,7 +165,7 @@ async def up(args: argparse.Namespace) -> int:
             else:
                 print(f"  {c.name:<13} grpc {c.target:<18} metrics http://127.0.0.1:{c.metrics_port}/metrics")
         if args.demo and "orchestrator" in services:
-            from orchestrator.demo import run_demo
+            from voxgrid.orchestrator.demo import run_demo
 
             code = await run_demo(f"127.0.0.1:{children[[c.name for c in children].index('orchestrator')].port}",
                                   out_dir=args.out_dir)

@@ -1,1 +1,1 @@
-"""Reliability scenarios on the local stack; run each as `python -m loadtest.scenarios.<name>`."""
+"""Reliability scenarios on the local stack; run each as `python -m voxgrid.loadtest.scenarios.<name>`."""

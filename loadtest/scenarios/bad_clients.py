@@ -3,7 +3,7 @@ bad clients beside them: a wrong audio format, garbage bytes that are not a prot
 whole number of samples, callers that hang up mid-turn, and callers that never stop talking. Each bad
 client's ending status is counted; the good callers must see no errors and similar latency.
 
-    python -m loadtest.scenarios.bad_clients --sessions 2 --duration 40
+    python -m voxgrid.loadtest.scenarios.bad_clients --sessions 2 --duration 40
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import time
 from collections import Counter, defaultdict
 
 import grpc
+from voxgrid.loadtest.corpus import INPUT_SPEC, load_corpus
+from voxgrid.loadtest.mic import PacedMic
+from voxgrid.loadtest.runner import run_load
+from voxgrid.loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
+from voxgrid.loadtest.scenarios.stack import Stack
 
-from benchmarks.common import table
-from loadtest.corpus import INPUT_SPEC, load_corpus
-from loadtest.mic import PacedMic
-from loadtest.runner import run_load
-from loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
-from loadtest.scenarios.stack import Stack
 from voxgrid.client import channel
+from voxgrid.tables import table
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
 CONVERSE = "/voxgrid.v1.Agent/Converse"

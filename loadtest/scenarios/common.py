@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import pct, table
-from loadtest.corpus import load_corpus
-from loadtest.results import RunResult
-from loadtest.runner import LoadConfig
+from voxgrid.loadtest.corpus import load_corpus
+from voxgrid.loadtest.results import RunResult
+from voxgrid.loadtest.runner import LoadConfig
+
+from voxgrid.tables import pct, table
 
 
 def parser(doc: str | None, sessions: int = 3, duration: float = 60.0) -> argparse.ArgumentParser:

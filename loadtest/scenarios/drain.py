@@ -2,7 +2,7 @@
 refused, live ones finish (up to the drain grace), then the process exits. Counted: sessions live at
 SIGTERM that finished cleanly versus were cut, sessions refused afterwards, and how long the exit took.
 
-    python -m loadtest.scenarios.drain --service orchestrator --sessions 3 --duration 45
+    python -m voxgrid.loadtest.scenarios.drain --service orchestrator --sessions 3 --duration 45
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import signal
 import sys
 import time
 
-from benchmarks.common import table
-from loadtest.runner import run_load
-from loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
-from loadtest.scenarios.stack import Stack
+from voxgrid.loadtest.runner import run_load
+from voxgrid.loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
+from voxgrid.loadtest.scenarios.stack import Stack
+
+from voxgrid.tables import table
 
 
 async def main() -> int:

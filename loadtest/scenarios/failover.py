@@ -2,7 +2,7 @@
 that failed and those that went on. The orchestrator is given both replicas as `static:a,b`; sessions
 on the killed replica must reconnect to the survivor or fail with a clear code.
 
-    python -m loadtest.scenarios.failover --backend tts --sessions 3 --duration 60
+    python -m voxgrid.loadtest.scenarios.failover --backend tts --sessions 3 --duration 60
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from benchmarks.common import table
-from loadtest.runner import run_load
-from loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
-from loadtest.scenarios.stack import Stack
+from voxgrid.loadtest.runner import run_load
+from voxgrid.loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
+from voxgrid.loadtest.scenarios.stack import Stack
+
+from voxgrid.tables import table
 
 
 async def main() -> int:

@@ -2,7 +2,7 @@
 (RSS, /proc) of every service is sampled; growth is reported per service, also as MB per hour from a
 least-squares slope over the second half of the run (the first half includes warm-up allocations).
 
-    python -m loadtest.scenarios.soak --sessions 3 --duration 300
+    python -m voxgrid.loadtest.scenarios.soak --sessions 3 --duration 300
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 import time
 
 import numpy as np
+from voxgrid.loadtest.runner import run_load
+from voxgrid.loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
+from voxgrid.loadtest.scenarios.stack import Stack, rss_mb
 
-from benchmarks.common import table
-from loadtest.runner import run_load
-from loadtest.scenarios.common import corpus, latency_row, latency_table, load_config, parser
-from loadtest.scenarios.stack import Stack, rss_mb
+from voxgrid.tables import table
 
 
 def growth_per_hour(times_s: list[float], mb: list[float]) -> float:

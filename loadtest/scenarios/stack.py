@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from benchmarks.common import ServiceProcess
+from voxgrid.processes import ServiceProcess
 
 
 class Stack:

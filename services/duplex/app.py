@@ -7,11 +7,11 @@ on CPU for tests (random weights: the audio it speaks is noise).
 from __future__ import annotations
 
 import grpc
+from voxgrid.services.duplex.engines import create_model
+from voxgrid.services.duplex.servicer import DuplexServicer
+from voxgrid.services.duplex.settings import DuplexSettings
+from voxgrid.services.duplex.slot_scheduler import SlotScheduler
 
-from services.duplex.engines import create_model
-from services.duplex.servicer import DuplexServicer
-from services.duplex.settings import DuplexSettings
-from services.duplex.slot_scheduler import SlotScheduler
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import duplex_pb2, duplex_pb2_grpc
 

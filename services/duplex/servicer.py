@@ -14,9 +14,9 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
+from voxgrid.services.duplex.slot_scheduler import DuplexFrame, SessionFailure, SlotScheduler, SlotsExhausted
 
-from services.duplex.engines.slot_sampling import SlotSampling
-from services.duplex.slot_scheduler import DuplexFrame, SessionFailure, SlotScheduler, SlotsExhausted
 from voxgrid.audio import AudioFormatError, AudioIn, AudioOut, AudioSpec
 from voxgrid.server.streams import Outbox, StreamError, abort, bind_session, invalid, pump, read_config
 from voxgrid.v1 import audio_pb2, duplex_pb2, duplex_pb2_grpc

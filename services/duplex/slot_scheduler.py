@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
+from voxgrid.services.duplex.engines.base import BatchedDuplexModel
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
 
-from services.duplex.engines.base import BatchedDuplexModel
-from services.duplex.engines.slot_sampling import SlotSampling
 from voxgrid import metrics
 from voxgrid.audio import FrameBuffer
 

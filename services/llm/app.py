@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
+from voxgrid.services.llm.engines.base import LlmEngine
+from voxgrid.services.llm.servicer import LanguageModelServicer
+from voxgrid.services.llm.settings import LlmSettings
 
-from services.llm.engines.base import LlmEngine
-from services.llm.servicer import LanguageModelServicer
-from services.llm.settings import LlmSettings
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import llm_pb2, llm_pb2_grpc
 
@@ -16,10 +16,10 @@ Settings = LlmSettings
 def create_engine(settings: LlmSettings) -> LlmEngine:
     """The engine `settings.engine` names; vLLM is imported only when chosen."""
     if settings.engine == "vllm":
-        from services.llm.engines.vllm_engine import VllmEngine
+        from voxgrid.services.llm.engines.vllm_engine import VllmEngine
 
         return VllmEngine(settings)
-    from services.llm.engines.transformers_engine import TransformersEngine
+    from voxgrid.services.llm.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(settings)
 

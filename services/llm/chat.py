@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.llm.engines.base import Message, ToolCall, ToolSpec
+from voxgrid.services.llm.engines.base import Message, ToolCall, ToolSpec
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"

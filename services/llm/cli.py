@@ -7,8 +7,8 @@ import json
 import sys
 
 import grpc
+from voxgrid.services.llm.client import ChatStream, system, user
 
-from services.llm.client import ChatStream, system, user
 from voxgrid.client import channel
 from voxgrid.v1 import audio_pb2, llm_pb2
 

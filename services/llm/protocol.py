@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from services.llm.engines.base import (
+from voxgrid.services.llm.engines.base import (
     INVALID_ARGUMENT,
     Event,
     Finished,
@@ -26,6 +26,7 @@ from services.llm.engines.base import (
     ToolCallEvent,
     ToolSpec,
 )
+
 from voxgrid.v1 import audio_pb2, llm_pb2
 
 _ROLE_NAMES = {

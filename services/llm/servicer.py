@@ -9,11 +9,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from voxgrid.services.llm import protocol
+from voxgrid.services.llm.engines.base import LlmEngine
+from voxgrid.services.llm.session import ChatSession
+from voxgrid.services.llm.settings import LlmSettings
 
-from services.llm import protocol
-from services.llm.engines.base import LlmEngine
-from services.llm.session import ChatSession
-from services.llm.settings import LlmSettings
 from voxgrid.server.streams import Outbox, abort, bind_session, pump, read_config
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
 

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from services.llm import protocol
-from services.llm.engines.base import (
+from voxgrid.services.llm import protocol
+from voxgrid.services.llm.engines.base import (
     INVALID_ARGUMENT,
     NOT_FOUND,
     RESOURCE_EXHAUSTED,
@@ -22,6 +22,7 @@ from services.llm.engines.base import (
     LlmEngine,
     RequestError,
 )
+
 from voxgrid.server.streams import Outbox, invalid
 from voxgrid.v1 import llm_pb2
 

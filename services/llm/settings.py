@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from voxgrid.services.llm.assets import QWEN_05B
 
-from services.llm.assets import QWEN_05B
 from voxgrid.config import ServerSettings
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from voxgrid.services.stt.endpointing import EndpointingOptions
+from voxgrid.services.stt.engines.base import SttEngine
+from voxgrid.services.stt.engines.faster_whisper import FasterWhisperEngine
+from voxgrid.services.stt.scheduler import DecodeScheduler
+from voxgrid.services.stt.servicer import SpeechToTextServicer, SttMetrics
+from voxgrid.services.stt.settings import SttSettings
+from voxgrid.services.stt.vad import SileroVad
 
-from services.stt.endpointing import EndpointingOptions
-from services.stt.engines.base import SttEngine
-from services.stt.engines.faster_whisper import FasterWhisperEngine
-from services.stt.scheduler import DecodeScheduler
-from services.stt.servicer import SpeechToTextServicer, SttMetrics
-from services.stt.settings import SttSettings
-from services.stt.vad import SileroVad
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import stt_pb2, stt_pb2_grpc
 

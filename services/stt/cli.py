@@ -7,8 +7,8 @@ import json
 import sys
 
 import grpc
+from voxgrid.services.stt.client import Received, audio_chunks, recognize
 
-from services.stt.client import Received, audio_chunks, recognize
 from voxgrid.audio import SUPPORTED_RATES, AudioSpec, StreamResampler, pcm16_spec, read_wav
 from voxgrid.client import channel
 from voxgrid.v1 import stt_pb2, stt_pb2_grpc

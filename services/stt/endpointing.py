@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from services.stt.vad import WINDOW, WINDOW_MS
+from voxgrid.services.stt.vad import WINDOW, WINDOW_MS
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.stt.engines.base import DecodeRequest, Hypothesis, SttEngine
+from voxgrid.services.stt.engines.base import DecodeRequest, Hypothesis, SttEngine
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from voxgrid.services.stt.endpointing import EndpointingOptions
+from voxgrid.services.stt.engines.base import ModelInfo
+from voxgrid.services.stt.scheduler import DecodeScheduler
+from voxgrid.services.stt.session import RecognitionOptions, RecognitionSession, SpeechEventOut, TranscriptOut
+from voxgrid.services.stt.vad import SileroVad
 
-from services.stt.endpointing import EndpointingOptions
-from services.stt.engines.base import ModelInfo
-from services.stt.scheduler import DecodeScheduler
-from services.stt.session import RecognitionOptions, RecognitionSession, SpeechEventOut, TranscriptOut
-from services.stt.vad import SileroVad
 from voxgrid import metrics
 from voxgrid.audio import AudioFormatError, AudioIn, AudioSpec
 from voxgrid.server.streams import Outbox, StreamError, bind_session, invalid, pump, read_config

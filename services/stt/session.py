@@ -21,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from services.stt.agreement import LocalAgreement
-from services.stt.endpointing import Endpointer, EndpointingOptions, Kind
-from services.stt.engines.base import DecodeRequest, Hypothesis, WordTiming
-from services.stt.scheduler import DecodeJob, DecodeScheduler
-from services.stt.vad import VadStream
+from voxgrid.services.stt.agreement import LocalAgreement
+from voxgrid.services.stt.endpointing import Endpointer, EndpointingOptions, Kind
+from voxgrid.services.stt.engines.base import DecodeRequest, Hypothesis, WordTiming
+from voxgrid.services.stt.scheduler import DecodeJob, DecodeScheduler
+from voxgrid.services.stt.vad import VadStream
 
 RATE = 16000
 PREROLL = int(0.2 * RATE)  # audio kept before the VAD onset: the onset lags the first phoneme

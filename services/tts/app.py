@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from voxgrid.services.tts.engines.base import TtsEngine
+from voxgrid.services.tts.scheduler import SynthesisScheduler
+from voxgrid.services.tts.servicer import TextToSpeechServicer
+from voxgrid.services.tts.settings import TtsSettings
 
-from services.tts.engines.base import TtsEngine
-from services.tts.scheduler import SynthesisScheduler
-from services.tts.servicer import TextToSpeechServicer
-from services.tts.settings import TtsSettings
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import tts_pb2, tts_pb2_grpc
 
@@ -18,11 +18,11 @@ Settings = TtsSettings
 
 def create_engine(settings: TtsSettings) -> TtsEngine:
     if settings.engine == "kokoro":
-        from services.tts.engines.kokoro_engine import KokoroEngine
+        from voxgrid.services.tts.engines.kokoro_engine import KokoroEngine
 
         return KokoroEngine(settings.kokoro_model_path, settings.kokoro_voices_path, settings.device,
                             settings.onnx_threads, settings.kokoro_lang)
-    from services.tts.engines.piper_engine import PiperEngine
+    from voxgrid.services.tts.engines.piper_engine import PiperEngine
 
     return PiperEngine(settings.extra_voice_paths(), settings.device, settings.onnx_threads)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.tts.chunker import TextSpan
+from voxgrid.services.tts.chunker import TextSpan
 
 
 @dataclass(frozen=True)

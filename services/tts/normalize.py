@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from services.tts import numbers
+from voxgrid.services.tts import numbers
 
 # --- markdown and symbols ---------------------------------------------------------------------------
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")

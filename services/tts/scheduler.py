@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from services.tts.engines.base import TtsEngine
+from voxgrid.services.tts.engines.base import TtsEngine
 
 log = logging.getLogger("voxgrid.tts.scheduler")
 

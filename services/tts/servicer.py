@@ -8,11 +8,11 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from voxgrid.services.tts.engines.base import TtsEngine, UnknownVoiceError
+from voxgrid.services.tts.scheduler import SynthesisScheduler
+from voxgrid.services.tts.settings import TtsSettings
+from voxgrid.services.tts.stream import AudioEvent, SpeechStream, StreamOptions, TextLimitError
 
-from services.tts.engines.base import TtsEngine, UnknownVoiceError
-from services.tts.scheduler import SynthesisScheduler
-from services.tts.settings import TtsSettings
-from services.tts.stream import AudioEvent, SpeechStream, StreamOptions, TextLimitError
 from voxgrid.audio import AudioFormatError, AudioSpec, pcm16_spec
 from voxgrid.server.streams import StreamError, abort, bind_session, invalid, read_config
 from voxgrid.v1 import audio_pb2, tts_pb2, tts_pb2_grpc

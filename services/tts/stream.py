@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from voxgrid.services.tts import metrics
+from voxgrid.services.tts.chunker import TextChunker
+from voxgrid.services.tts.engines.base import Voice
+from voxgrid.services.tts.marks import Mark, MarkLedger
+from voxgrid.services.tts.normalize import normalize_for_speech
+from voxgrid.services.tts.scheduler import SynthesisJob, SynthesisScheduler
 
-from services.tts import metrics
-from services.tts.chunker import TextChunker
-from services.tts.engines.base import Voice
-from services.tts.marks import Mark, MarkLedger
-from services.tts.normalize import normalize_for_speech
-from services.tts.scheduler import SynthesisJob, SynthesisScheduler
 from voxgrid.audio import AudioOut, AudioSpec
 
 

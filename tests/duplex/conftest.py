@@ -13,10 +13,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-
-from services.duplex.engines.moshi_engine import MoshiBatchModel
-from services.duplex.engines.slot_sampling import SlotSampling
-from services.duplex.slot_scheduler import DuplexFrame, SlotScheduler, SlotSession
+from voxgrid.services.duplex.engines.moshi_engine import MoshiBatchModel
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
+from voxgrid.services.duplex.slot_scheduler import DuplexFrame, SlotScheduler, SlotSession
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 

@@ -10,10 +10,11 @@ import pytest
 
 pytest.importorskip("moshi", reason="duplex tests need the moshi venv (deploy/duplex-env.sh)")
 
-from orchestrator.app import AgentRuntime
-from orchestrator.client import AgentCall, session_config
-from orchestrator.settings import Settings as OrchestratorSettings
-from services.duplex.app import DuplexRuntime, Settings
+from voxgrid.orchestrator.app import AgentRuntime
+from voxgrid.orchestrator.client import AgentCall, session_config
+from voxgrid.orchestrator.settings import Settings as OrchestratorSettings
+from voxgrid.services.duplex.app import DuplexRuntime, Settings
+
 from voxgrid.client import channel
 from voxgrid.server.chassis import start_server
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("moshi", reason="duplex tests need the moshi venv (deploy/duplex-env.sh)")
 
-from services.duplex.app import DuplexRuntime, Settings
+from voxgrid.services.duplex.app import DuplexRuntime, Settings
+
 from tests.duplex.conftest import caller_audio
 from voxgrid.audio import MULAW, PCM16, AudioSpec, StreamResampler, decode, encode
 from voxgrid.client import channel

@@ -8,8 +8,9 @@ import pytest
 
 pytest.importorskip("moshi", reason="duplex tests need the moshi venv (deploy/duplex-env.sh)")
 
-from services.duplex.engines.moshi_engine import MoshiBatchModel
-from services.duplex.slot_scheduler import SlotScheduler
+from voxgrid.services.duplex.engines.moshi_engine import MoshiBatchModel
+from voxgrid.services.duplex.slot_scheduler import SlotScheduler
+
 from tests.duplex.conftest import caller_audio, run_whole, tokens
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("moshi", reason="duplex tests need the moshi venv (deploy/duplex-env.sh)")
 
-from services.duplex.engines.slot_sampling import SlotSampling
-from services.duplex.slot_scheduler import SessionFailure, SlotScheduler, SlotsExhausted
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
+from voxgrid.services.duplex.slot_scheduler import SessionFailure, SlotScheduler, SlotsExhausted
+
 from tests.duplex.conftest import (
     GREEDY,
     caller_audio,

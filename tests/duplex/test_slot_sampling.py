@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from services.duplex.engines.slot_sampling import SlotSampler, SlotSampling  # noqa: E402
-from services.duplex.settings import DuplexSettings  # noqa: E402
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampler, SlotSampling  # noqa: E402
+from voxgrid.services.duplex.settings import DuplexSettings  # noqa: E402
 
 
 def sampler(*configs: SlotSampling, top_k: int = 0) -> SlotSampler:

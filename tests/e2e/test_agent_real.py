@@ -11,8 +11,8 @@ import json
 import pytest
 import pytest_asyncio
 import soxr
+from voxgrid.orchestrator.client import TE, AgentCall, session_config
 
-from orchestrator.client import TE, AgentCall, session_config
 from tests.conftest import synthesize_speech
 from tests.real_stack import real_agent_stack
 from voxgrid.client import channel

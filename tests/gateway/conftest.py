@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from voxgrid.gateway.app import GatewayServer, start_gateway
+from voxgrid.gateway.media_client import to_mulaw
+from voxgrid.gateway.settings import Settings
 
-from gateway.app import GatewayServer, start_gateway
-from gateway.media_client import to_mulaw
-from gateway.settings import Settings
 from tests.orchestrator.conftest import RATE, Stack, fake_stack, tone
 
 

@@ -12,13 +12,13 @@ import sys
 import aiohttp
 import numpy as np
 import pytest
+from voxgrid.gateway.browser import AUDIO_HEADER
+from voxgrid.gateway.calls import CLOSE_BAD_PAYLOAD, CLOSE_GOING_AWAY, CLOSE_RESTARTING
+from voxgrid.gateway.latency import EdgeClock
+from voxgrid.gateway.media_client import MediaStreamCaller
+from voxgrid.gateway.profiles import ProfileError, Profiles
 
 from benchmarks.common import ROOT, free_port
-from gateway.browser import AUDIO_HEADER
-from gateway.calls import CLOSE_BAD_PAYLOAD, CLOSE_GOING_AWAY, CLOSE_RESTARTING
-from gateway.latency import EdgeClock
-from gateway.media_client import MediaStreamCaller
-from gateway.profiles import ProfileError, Profiles
 from tests.gateway.conftest import ALL_CLOSED, settled
 from tests.gateway.test_phone import START, closed_with
 from tests.orchestrator.conftest import RATE, tone

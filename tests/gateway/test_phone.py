@@ -8,8 +8,7 @@ import json
 
 import aiohttp
 import pytest
-
-from gateway.calls import (
+from voxgrid.gateway.calls import (
     CLOSE_BAD_PAYLOAD,
     CLOSE_IDLE,
     CLOSE_POLICY,
@@ -17,7 +16,8 @@ from gateway.calls import (
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
 )
-from gateway.media_client import MediaStreamCaller
+from voxgrid.gateway.media_client import MediaStreamCaller
+
 from tests.gateway.conftest import ALL_CLOSED, metric, mulaw_tone, scrape, settled
 from tests.orchestrator.fakes import FakeTts, echo_reply
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import soxr
+from voxgrid.gateway.app import start_gateway
+from voxgrid.gateway.media_client import MediaStreamCaller, to_mulaw
+from voxgrid.gateway.settings import Settings
 
-from gateway.app import start_gateway
-from gateway.media_client import MediaStreamCaller, to_mulaw
-from gateway.settings import Settings
 from tests.conftest import synthesize_speech
 from tests.real_stack import real_agent_stack
 from voxgrid.audio import write_wav

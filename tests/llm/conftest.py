@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from voxgrid.services.llm.app import LlmRuntime
+from voxgrid.services.llm.assets import QWEN_05B, TINY_QWEN2
+from voxgrid.services.llm.settings import LlmSettings
 
-from services.llm.app import LlmRuntime
-from services.llm.assets import QWEN_05B, TINY_QWEN2
-from services.llm.settings import LlmSettings
 from voxgrid.client import channel
 from voxgrid.server.chassis import ServiceServer, start_server
 
@@ -23,7 +23,7 @@ def llm_settings(**overrides: Any) -> LlmSettings:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    from services.llm.assets import resolve_model
+    from voxgrid.services.llm.assets import resolve_model
 
     return resolve_model(TINY_QWEN2)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.llm.chat import ToolCallParser, parse_tool_call, render_prompt
-from services.llm.engines.base import Message, ToolCall, ToolSpec
+from voxgrid.services.llm.chat import ToolCallParser, parse_tool_call, render_prompt
+from voxgrid.services.llm.engines.base import Message, ToolCall, ToolSpec
 
 WEATHER = ToolSpec("get_weather", "Current weather in a city",
                    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from voxgrid.services.llm.app import LlmRuntime
+from voxgrid.services.llm.client import ChatStream, system, user
 
-from services.llm.app import LlmRuntime
-from services.llm.client import ChatStream, system, user
 from voxgrid.client import channel
 from voxgrid.server.chassis import ServiceServer
 from voxgrid.v1 import audio_pb2, llm_pb2

@@ -11,9 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
+from voxgrid.services.llm.app import LlmRuntime
+from voxgrid.services.llm.client import ChatStream, assistant, system, user
 
-from services.llm.app import LlmRuntime
-from services.llm.client import ChatStream, assistant, system, user
 from voxgrid.client import channel
 from voxgrid.server.chassis import ServiceServer
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from services.llm.engines.prefix_cache import SessionPrefixCache, common_prefix_len
+from voxgrid.services.llm.engines.prefix_cache import SessionPrefixCache, common_prefix_len
 
 
 def test_prefix_cache_continuation_matches_a_full_forward(tiny_model_path: str) -> None:

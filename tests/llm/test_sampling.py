@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from services.llm.engines.base import Sampling
-from services.llm.engines.sampling import choose_next_token
+from voxgrid.services.llm.engines.base import Sampling
+from voxgrid.services.llm.engines.sampling import choose_next_token
 
 LOGITS = torch.tensor([0.0, 3.0, 2.9, -1.0, 1.0])
 NONE = torch.tensor([], dtype=torch.long)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
+from voxgrid.services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
 
 
 def test_incremental_detokenizer_reproduces_text_with_multibyte_characters(tiny_tokenizer: Any) -> None:

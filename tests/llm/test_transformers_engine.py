@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-
-from services.llm.engines.base import (
+from voxgrid.services.llm.engines.base import (
     INVALID_ARGUMENT,
     RESOURCE_EXHAUSTED,
     Finished,
@@ -21,7 +20,8 @@ from services.llm.engines.base import (
     Sampling,
     TextDelta,
 )
-from services.llm.engines.transformers_engine import TransformersEngine
+from voxgrid.services.llm.engines.transformers_engine import TransformersEngine
+
 from tests.llm.conftest import llm_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

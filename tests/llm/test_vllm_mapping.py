@@ -7,9 +7,8 @@ import importlib.util
 from types import SimpleNamespace
 
 import pytest
-
-from services.llm.assets import QWEN_05B
-from services.llm.engines.base import (
+from voxgrid.services.llm.assets import QWEN_05B
+from voxgrid.services.llm.engines.base import (
     Finished,
     FinishReason,
     GenerationRequest,
@@ -19,7 +18,8 @@ from services.llm.engines.base import (
     ToolCallEvent,
     ToolSpec,
 )
-from services.llm.engines.vllm_engine import OutputMapper, engine_args, sampling_args
+from voxgrid.services.llm.engines.vllm_engine import OutputMapper, engine_args, sampling_args
+
 from tests.llm.conftest import llm_settings
 
 
@@ -105,7 +105,7 @@ def _cuda_and_vllm() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _cuda_and_vllm(), reason="needs CUDA and the llm-vllm extra")
 async def test_vllm_engine_generates_prewarms_and_cancels() -> None:
-    from services.llm.engines.vllm_engine import VllmEngine
+    from voxgrid.services.llm.engines.vllm_engine import VllmEngine
 
     engine = VllmEngine(llm_settings(
         engine="vllm", model=QWEN_05B, max_model_len=2048,

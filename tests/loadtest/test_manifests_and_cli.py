@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from voxgrid.loadtest.cli import config_from_args
 
-from loadtest.cli import config_from_args
 from voxgrid.cli import build_parser
 
 JOB = Path(__file__).resolve().parents[2] / "loadtest" / "k8s" / "job.yaml"

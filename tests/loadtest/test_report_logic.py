@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 import pytest
-
-from loadtest.capacity import CapacityResult, StepVerdict, judge, levels, search
-from loadtest.report import write_report
-from loadtest.results import RunResult, SessionOutcome, TurnRecord, by_concurrency, error_rate, summarize
-from loadtest.scrape import Snapshot, parse, rtf_between
+from voxgrid.loadtest.capacity import CapacityResult, StepVerdict, judge, levels, search
+from voxgrid.loadtest.report import write_report
+from voxgrid.loadtest.results import RunResult, SessionOutcome, TurnRecord, by_concurrency, error_rate, summarize
+from voxgrid.loadtest.scrape import Snapshot, parse, rtf_between
 
 
 def run_with(values: list[float], codes: list[str], mode: str = "agent", concurrency: int = 1) -> RunResult:

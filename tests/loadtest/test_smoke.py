@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from voxgrid.loadtest.corpus import FRAME_BYTES, load_corpus
+from voxgrid.loadtest.runner import LoadConfig, run_load
+from voxgrid.loadtest.scrape import rtf_between, scrape
 
-from loadtest.corpus import FRAME_BYTES, load_corpus
-from loadtest.runner import LoadConfig, run_load
-from loadtest.scrape import rtf_between, scrape
 from voxgrid.cli import main
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from voxgrid.orchestrator.app import AgentRuntime
+from voxgrid.orchestrator.settings import Settings
 
-from orchestrator.app import AgentRuntime
-from orchestrator.settings import Settings
 from tests.orchestrator.fakes import (
     FakeLlm,
     FakeStt,

@@ -7,10 +7,10 @@ import contextlib
 
 import numpy as np
 import pytest
+from voxgrid.orchestrator.app import AgentRuntime
+from voxgrid.orchestrator.client import AgentCall, session_config
+from voxgrid.orchestrator.settings import Settings
 
-from orchestrator.app import AgentRuntime
-from orchestrator.client import AgentCall, session_config
-from orchestrator.settings import Settings
 from tests.orchestrator.conftest import RATE, tone
 from tests.orchestrator.fakes import FakeDuplex, backend_settings, duplex_runtime
 from voxgrid.client import channel

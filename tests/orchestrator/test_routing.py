@@ -7,12 +7,12 @@ import contextlib
 
 import grpc
 import pytest
+from voxgrid.orchestrator.app import AgentRuntime
+from voxgrid.orchestrator.client import TE, AgentCall, session_config
+from voxgrid.orchestrator.discovery import DnsDiscovery, StaticDiscovery, parse_discovery, ready_addresses
+from voxgrid.orchestrator.routing import BackendError, BackendPool
+from voxgrid.orchestrator.settings import Settings
 
-from orchestrator.app import AgentRuntime
-from orchestrator.client import TE, AgentCall, session_config
-from orchestrator.discovery import DnsDiscovery, StaticDiscovery, parse_discovery, ready_addresses
-from orchestrator.routing import BackendError, BackendPool
-from orchestrator.settings import Settings
 from tests.orchestrator.conftest import RATE, tone
 from tests.orchestrator.fakes import FakeLlm, FakeStt, FakeTts, backend_settings, llm_runtime, stt_runtime, tts_runtime
 from voxgrid.client import channel

@@ -7,8 +7,8 @@ import json
 
 import grpc
 import pytest
+from voxgrid.orchestrator.client import TE, AgentCall, session_config
 
-from orchestrator.client import TE, AgentCall, session_config
 from tests.orchestrator.conftest import RATE, tone
 from tests.orchestrator.fakes import FakeLlm, FakeStt, FakeTts, echo_reply, tool_call
 from voxgrid.v1 import agent_pb2, audio_pb2, llm_pb2

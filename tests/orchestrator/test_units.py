@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from voxgrid.orchestrator.context import Conversation, Message
+from voxgrid.orchestrator.knowledge import KnowledgeBase, load_collections
+from voxgrid.orchestrator.playout import Chunk, Playout
+from voxgrid.orchestrator.session import _cut_at_word, _is_backchannel
+from voxgrid.orchestrator.state import IllegalTransition, State, StateMachine
 
-from orchestrator.context import Conversation, Message
-from orchestrator.knowledge import KnowledgeBase, load_collections
-from orchestrator.playout import Chunk, Playout
-from orchestrator.session import _cut_at_word, _is_backchannel
-from orchestrator.state import IllegalTransition, State, StateMachine
 from voxgrid.v1 import audio_pb2, llm_pb2
 
 

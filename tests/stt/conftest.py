@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from voxgrid.services.stt.app import SttRuntime
+from voxgrid.services.stt.engines.faster_whisper import FasterWhisperEngine
+from voxgrid.services.stt.settings import SttSettings
 
-from services.stt.app import SttRuntime
-from services.stt.engines.faster_whisper import FasterWhisperEngine
-from services.stt.settings import SttSettings
 from tests.conftest import synthesize_speech
 from voxgrid.audio import StreamResampler
 from voxgrid.server.chassis import start_server

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from voxgrid.services.stt.engines.base import DecodeRequest
+from voxgrid.services.stt.scheduler import BatchStats, DecodeScheduler
 
-from services.stt.engines.base import DecodeRequest
-from services.stt.scheduler import BatchStats, DecodeScheduler
 from tests.stt.conftest import at_16k
 
 pytestmark = pytest.mark.slow

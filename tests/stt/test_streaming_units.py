@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from voxgrid.services.stt.agreement import LocalAgreement
+from voxgrid.services.stt.endpointing import Endpointer, EndpointingOptions, Kind
+from voxgrid.services.stt.vad import WINDOW, SileroVad
 
-from services.stt.agreement import LocalAgreement
-from services.stt.endpointing import Endpointer, EndpointingOptions, Kind
-from services.stt.vad import WINDOW, SileroVad
 from tests.stt.conftest import at_16k, with_silence
 
 # 32 ms windows: 5 windows = 160 ms, 10 windows = 320 ms

@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
+from voxgrid.services.stt.client import audio_chunks, recognize
 
-from services.stt.client import audio_chunks, recognize
 from tests.stt.conftest import ASTERISK_DIR, asterisk_prompts, at_16k, with_silence, word_error_rate
 from voxgrid.audio import MULAW, AudioSpec, pcm16_spec, read_wav
 from voxgrid.client import channel
@@ -240,7 +240,8 @@ async def test_cli_transcribe_json(stt_server, booking_speech, tmp_path, capsys)
     import argparse
     import json
 
-    from services.stt.cli import transcribe
+    from voxgrid.services.stt.cli import transcribe
+
     from voxgrid.audio import write_wav
 
     samples, rate, text = booking_speech

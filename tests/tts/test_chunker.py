@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from services.tts.chunker import TextChunker, TextSpan
+from voxgrid.services.tts.chunker import TextChunker, TextSpan
 
 TEXT = (
     "Hello there, Dr. Smith. It costs $12.50 at 3:30 pm, e.g. today! The quick brown fox jumps over the lazy "

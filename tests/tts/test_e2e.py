@@ -8,9 +8,9 @@ import time
 
 import grpc
 import pytest
+from voxgrid.services.tts.app import TtsRuntime
+from voxgrid.services.tts.settings import TtsSettings
 
-from services.tts.app import TtsRuntime
-from services.tts.settings import TtsSettings
 from tests.tts.conftest import (
     PIPER_SPEC,
     Action,
@@ -129,8 +129,8 @@ async def test_cancel_stops_audio_and_the_stream_goes_on(tts: TtsServer) -> None
 
 async def test_cancel_stops_within_one_chunk(piper_engine) -> None:
     """At the stream level, with the real engine: after cancel no more than one chunk goes out."""
-    from services.tts.scheduler import SynthesisScheduler
-    from services.tts.stream import AudioEvent, DoneEvent, SpeechStream, StreamOptions
+    from voxgrid.services.tts.scheduler import SynthesisScheduler
+    from voxgrid.services.tts.stream import AudioEvent, DoneEvent, SpeechStream, StreamOptions
 
     scheduler = SynthesisScheduler(piper_engine, threads=1)
     scheduler.start()
@@ -230,7 +230,7 @@ async def test_mulaw_8k_for_phones_is_intelligible(tts: TtsServer, whisper) -> N
 
 
 async def test_list_voices_and_an_extra_voice_by_path(piper_engine, tmp_path) -> None:
-    from services.tts.engines.piper_engine import PiperEngine, packaged_voice_path
+    from voxgrid.services.tts.engines.piper_engine import PiperEngine, packaged_voice_path
 
     src = packaged_voice_path()
     assert src is not None
@@ -303,7 +303,8 @@ async def test_empty_and_unspeakable_text_and_idle_cancel_end_gracefully(tts: Tt
 async def test_voxgrid_speak_writes_a_wav_and_reports_first_audio(tts: TtsServer, tmp_path, capsys) -> None:
     import json as _json
 
-    from services.tts.cli import add_commands
+    from voxgrid.services.tts.cli import add_commands
+
     from voxgrid.audio import read_wav
 
     parser = __import__("argparse").ArgumentParser()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from voxgrid.services.tts.app import TtsRuntime
+from voxgrid.services.tts.settings import TtsSettings
 
-from services.tts.app import TtsRuntime
-from services.tts.settings import TtsSettings
 from tests.tts.conftest import speak, tokens, transcribe, wer
 from voxgrid.audio import pcm16_spec
 from voxgrid.client import channel
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def kokoro_settings() -> TtsSettings:
     pytest.importorskip("kokoro_onnx")
-    from services.tts.engines.kokoro_engine import packaged_weights
+    from voxgrid.services.tts.engines.kokoro_engine import packaged_weights
 
     settings = TtsSettings(port=0, engine="kokoro", device="auto", worker_threads=1)
     if settings.kokoro_model_path is None and packaged_weights() is None:

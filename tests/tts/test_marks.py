@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.tts.chunker import TextSpan
-from services.tts.marks import MarkLedger
+from voxgrid.services.tts.chunker import TextSpan
+from voxgrid.services.tts.marks import MarkLedger
 
 
 def test_spoken_chars_counts_whole_spans_and_a_partial_one_to_a_word_boundary() -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from services.tts import numbers
-from services.tts.normalize import normalize_for_speech
+from voxgrid.services.tts import numbers
+from voxgrid.services.tts.normalize import normalize_for_speech
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.duplex.engines.base import BatchedDuplexModel
+from voxgrid.services.duplex.engines.base import BatchedDuplexModel
 
 if TYPE_CHECKING:
-    from services.duplex.settings import DuplexSettings
+    from voxgrid.services.duplex.settings import DuplexSettings
 
 
 def create_model(settings: DuplexSettings) -> BatchedDuplexModel:
     """The engine the settings name (not loaded yet: the scheduler loads it in its thread)."""
     if settings.engine == "moshi":
-        from services.duplex.engines.moshi_engine import MoshiBatchModel
+        from voxgrid.services.duplex.engines.moshi_engine import MoshiBatchModel
 
         return MoshiBatchModel(
             model=settings.model, batch_size=settings.slots, device=settings.device, dtype=settings.dtype,

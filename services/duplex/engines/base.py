@@ -11,8 +11,7 @@ import abc
 from dataclasses import dataclass
 
 import numpy as np
-
-from services.duplex.engines.slot_sampling import SlotSampling
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
 
 
 @dataclass

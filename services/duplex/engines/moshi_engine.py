@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from services.duplex.engines.base import BatchedDuplexModel, BatchStepOutput
-from services.duplex.engines.random_weights import seed_mimi_codebooks
-from services.duplex.engines.slot_sampling import SlotSampler, SlotSampling
+from voxgrid.services.duplex.engines.base import BatchedDuplexModel, BatchStepOutput
+from voxgrid.services.duplex.engines.random_weights import seed_mimi_codebooks
+from voxgrid.services.duplex.engines.slot_sampling import SlotSampler, SlotSampling
 
 log = logging.getLogger(__name__)
 

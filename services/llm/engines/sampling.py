@@ -7,8 +7,7 @@ steps of many requests and must be able to stop any of them between two steps.
 from __future__ import annotations
 
 import torch
-
-from services.llm.engines.base import Sampling
+from voxgrid.services.llm.engines.base import Sampling
 
 
 def choose_next_token(

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from services.llm.assets import resolve_model
-from services.llm.chat import ToolCallParser, render_prompt
-from services.llm.engines.base import (
+from voxgrid.services.llm.assets import resolve_model
+from voxgrid.services.llm.chat import ToolCallParser, render_prompt
+from voxgrid.services.llm.engines.base import (
     INTERNAL,
     INVALID_ARGUMENT,
     RESOURCE_EXHAUSTED,
@@ -44,14 +43,14 @@ from services.llm.engines.base import (
     ToolCallEvent,
     ToolSpec,
 )
-from services.llm.engines.batch_decode import batched_decode_step
-from services.llm.engines.prefix_cache import SessionPrefixCache
-from services.llm.engines.sampling import choose_next_token
-from services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
-from services.llm.metrics import LlmMetrics
+from voxgrid.services.llm.engines.batch_decode import batched_decode_step
+from voxgrid.services.llm.engines.prefix_cache import SessionPrefixCache
+from voxgrid.services.llm.engines.sampling import choose_next_token
+from voxgrid.services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
+from voxgrid.services.llm.metrics import LlmMetrics
 
 if TYPE_CHECKING:
-    from services.llm.settings import LlmSettings
+    from voxgrid.services.llm.settings import LlmSettings
 
 log = logging.getLogger(__name__)
 

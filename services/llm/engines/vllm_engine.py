@@ -17,9 +17,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from services.llm.assets import resolve_model
-from services.llm.chat import ParsedChunk, ToolCallParser, render_prompt
-from services.llm.engines.base import (
+from voxgrid.services.llm.assets import resolve_model
+from voxgrid.services.llm.chat import ParsedChunk, ToolCallParser, render_prompt
+from voxgrid.services.llm.engines.base import (
     INTERNAL,
     INVALID_ARGUMENT,
     Event,
@@ -38,11 +38,11 @@ from services.llm.engines.base import (
     ToolCallEvent,
     ToolSpec,
 )
-from services.llm.engines.transformers_engine import prompt_too_long
-from services.llm.metrics import LlmMetrics
+from voxgrid.services.llm.engines.transformers_engine import prompt_too_long
+from voxgrid.services.llm.metrics import LlmMetrics
 
 if TYPE_CHECKING:
-    from services.llm.settings import LlmSettings
+    from voxgrid.services.llm.settings import LlmSettings
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from services.stt.engines.base import DecodeRequest, Hypothesis, ModelInfo, SttEngine, WordTiming
+from voxgrid.services.stt.engines.base import DecodeRequest, Hypothesis, ModelInfo, SttEngine, WordTiming
 
 _PUNCT_BEFORE = "\"'“¿([{-"
 _PUNCT_AFTER = "\"'.。,，!！?？:：”)]}、"

@@ -14,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from services.tts.engines.base import TtsEngine, Voice, onnx_providers, onnx_session_options
+from voxgrid.services.tts.engines.base import TtsEngine, Voice, onnx_providers, onnx_session_options
 
 log = logging.getLogger("voxgrid.tts.piper")
 
