@@ -30,7 +30,7 @@ SERVICES = ("stt", "llm", "tts", "duplex", "orchestrator", "gateway")
 # Set by the chart from its own values; a settings map must not set them a second time.
 CHART_MANAGED = {
     "host", "port", "metrics_port", "max_sessions", "drain_grace_s", "auth_tokens", "auth_token_file",
-    "tls_cert_file", "tls_key_file", "log_level", "log_format",
+    "tls_cert_file", "tls_key_file", "log_level", "log_format", "health_port",
     "stt_backends", "llm_backends", "tts_backends", "duplex_backends", "backend_token",
     "orchestrator_backends", "orchestrator_token",
 }

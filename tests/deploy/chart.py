@@ -118,6 +118,11 @@ def component(obj: dict[str, Any]) -> str:
     return obj["metadata"]["labels"]["app.kubernetes.io/component"]
 
 
+def deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployments by service (component label)."""
+    return {component(d): d for d in objects if d["kind"] == "Deployment"}
+
+
 def write_values(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text)

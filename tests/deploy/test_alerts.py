@@ -39,6 +39,21 @@ def test_rules_parse(rules_file: tuple[Path, dict[str, Any]]) -> None:
     assert f"SUCCESS: {len(alerts)} rules found" in done.stdout
 
 
+def run_rule_test(
+    rules: Path, series: list[dict[str, str]], cases: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """promtool's unit test of the rendered rules: these input series, these alerts at these times."""
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
+    }
+    test_file = tmp_path / "rules_test.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    done = promtool("test", "rules", str(test_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def expected(alert: dict[str, Any], value: str) -> dict[str, Any]:
     """The alert as promtool should report it, its annotation templates expanded for `value`."""
     annotations = {
@@ -64,25 +79,46 @@ def test_saturation_and_refusal_alerts_fire_only_when_they_should(
         {"series": f'voxgrid_tts_errors_total{{{ns},pod="tts-a",code="RESOURCE_EXHAUSTED"}}', "values": "0+60x15"},
         {"series": f'voxgrid_llm_errors_total{{{ns},pod="llm-a",code="CANCELLED"}}', "values": "0+60x15"},
     ]
-    tests = {
-        "rule_files": [str(path)],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": "10m", "alertname": "VoxgridSttSaturated",
-                 "exp_alerts": [expected(alerts["VoxgridSttSaturated"], "93.75%")]},
-                {"eval_time": "10m", "alertname": "VoxgridLlmSaturated", "exp_alerts": []},
-                {"eval_time": "10m", "alertname": "VoxgridTtsRefusingSessions",
-                 "exp_alerts": [expected(alerts["VoxgridTtsRefusingSessions"], "1")]},
-                {"eval_time": "10m", "alertname": "VoxgridLlmRefusingSessions", "exp_alerts": []},
-                # `for: 5m` holds a fresh condition back.
-                {"eval_time": "3m", "alertname": "VoxgridSttSaturated", "exp_alerts": []},
-            ],
-        }],
-    }
-    test_file = tmp_path / "alerts_test.yaml"
-    test_file.write_text(yaml.safe_dump(tests))
-    done = promtool("test", "rules", str(test_file))
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_rule_test(path, series, [
+        {"eval_time": "10m", "alertname": "VoxgridSttSaturated",
+         "exp_alerts": [expected(alerts["VoxgridSttSaturated"], "93.75%")]},
+        {"eval_time": "10m", "alertname": "VoxgridLlmSaturated", "exp_alerts": []},
+        {"eval_time": "10m", "alertname": "VoxgridTtsRefusingSessions",
+         "exp_alerts": [expected(alerts["VoxgridTtsRefusingSessions"], "1")]},
+        {"eval_time": "10m", "alertname": "VoxgridLlmRefusingSessions", "exp_alerts": []},
+        # `for: 5m` holds a fresh condition back.
+        {"eval_time": "3m", "alertname": "VoxgridSttSaturated", "exp_alerts": []},
+    ], tmp_path)
+
+
+def test_absent_metrics_and_no_ready_replica_alerts(rules_file: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """A stage Prometheus hears nothing from, and a Deployment with no available pod (kube-state-metrics),
+    each raise their alert; a healthy stage raises neither."""
+    path, alerts = rules_file
+    ns = f'namespace="{NAMESPACE}"'
+    series = [
+        # Every stage but the LLM reports its capacity; the LLM is silent (not scraped).
+        *({"series": f'voxgrid_{svc}_session_capacity{{{ns},pod="{svc}-a"}}', "values": "8x20"}
+          for svc in ("stt", "tts", "duplex", "orchestrator")),
+        # kube-state-metrics: TTS lost its only pod; STT has one available.
+        {"series": f'kube_deployment_status_replicas_available{{{ns},deployment="vg-voxgrid-tts"}}',
+         "values": "1 1 0x18"},
+        {"series": f'kube_deployment_status_replicas_available{{{ns},deployment="vg-voxgrid-stt"}}',
+         "values": "1x20"},
+    ]
+
+    def fired(name: str, extra: dict[str, str]) -> list[dict[str, Any]]:
+        alert = alerts[name]
+        return [{"exp_labels": {**alert["labels"], **extra}, "exp_annotations": dict(alert["annotations"])}]
+
+    run_rule_test(path, series, [
+        {"eval_time": "15m", "alertname": "VoxgridLlmMetricsAbsent",
+         "exp_alerts": fired("VoxgridLlmMetricsAbsent", {"namespace": NAMESPACE})},
+        {"eval_time": "15m", "alertname": "VoxgridSttMetricsAbsent", "exp_alerts": []},
+        # `for: 10m` holds a fresh silence back (a pod restarting is not an incident).
+        {"eval_time": "5m", "alertname": "VoxgridLlmMetricsAbsent", "exp_alerts": []},
+        {"eval_time": "10m", "alertname": "VoxgridTtsNoReadyReplica",
+         "exp_alerts": fired("VoxgridTtsNoReadyReplica",
+                             {"namespace": NAMESPACE, "deployment": "vg-voxgrid-tts"})},
+        {"eval_time": "10m", "alertname": "VoxgridSttNoReadyReplica", "exp_alerts": []},
+    ], tmp_path)

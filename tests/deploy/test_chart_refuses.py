@@ -44,6 +44,31 @@ REFUSED: dict[str, tuple[str | None, list[str], list[str]]] = {
                                 ["gateway", "orchestratorToken"]),
     "gateway-ingress-without-host": (None, ["gateway.enabled=true", "gateway.ingress.enabled=true",
                                             "gateway.ingress.host="], ["gateway.ingress.host"]),
+    # First install on a real cluster: volumes, probes, exposure, rollouts, gated models, tokens.
+    "rwo-shared-cache-with-spread": (None, ["modelCache.type=pvc", "modelCache.accessModes[0]=ReadWriteOnce"],
+                                     ["the shared claim is ReadWriteOnce", "modelCache.type=perPod"]),
+    "rwo-existing-claim-with-autoscaling": ("h100", ["modelCache.type=pvc", "modelCache.existingClaim=weights",
+                                                     "modelCache.accessModes[0]=ReadWriteOncePod"],
+                                            ["ReadWriteOncePod", "llm up to 9"]),
+    "tls-probe-on-the-tls-port": ("h100", ["llm.probes.readiness.grpc.port=50051"],
+                                  ["llm.probes.readiness", "kubelet's gRPC probe is plaintext", "50052"]),
+    "load-balancer-without-tls": ("cpu", ["orchestrator.service.type=LoadBalancer"],
+                                  ["exposes the orchestrator outside the cluster without TLS",
+                                   "tls.allowPlaintextExposure"]),
+    "h100-with-tls-turned-off": ("h100", ["tls.enabled=false"], ["orchestrator.service.type=LoadBalancer"]),
+    "ingress-without-tls": ("cpu", ["orchestrator.ingress.enabled=true"],
+                            ["orchestrator.ingress has no tlsSecretName"]),
+    "gateway-ingress-without-tls": ("cpu", ["gateway.enabled=true", "gateway.ingress.enabled=true"],
+                                    ["gateway.ingress has no tlsSecretName"]),
+    "rollout-drops-the-last-replica": (None, ["stt.rollout.maxSurge=0", "stt.rollout.maxUnavailable=1"],
+                                       ["stt.rollout.maxUnavailable=1 with 1 replica(s)", "allowZeroReady"]),
+    "rollout-that-cannot-move": (None, ["llm.rollout.maxSurge=0"], ["maxSurge and maxUnavailable are both 0"]),
+    "gated-model-without-token": (None, ["llm.settings.model=meta-llama/Llama-3.1-8B-Instruct"],
+                                  ["is a gated model", "modelCache.hfTokenSecret"]),
+    "tokens-without-gateway-token": (None, ["auth.tokens[0]=aaaaaaaaaaaaaaaaaaaa", "gateway.enabled=true"],
+                                     ["auth.gatewayToken is empty"]),
+    "tokens-without-backend-token": (None, ["auth.tokens[0]=aaaaaaaaaaaaaaaaaaaa", "auth.backends=true"],
+                                     ["auth.backendToken is empty"]),
     "autoscaling-min-above-max": (
         None,
         ["stt.autoscaling.enabled=true", "stt.autoscaling.minReplicas=5", "stt.autoscaling.maxReplicas=2"],
@@ -75,6 +100,31 @@ BAD_FILES: dict[str, tuple[str, list[str]]] = {
     "model-as-number": ("stt:\n  settings:\n    model: 3\n", ["/stt/settings/model", "string"]),
     "bad-cache-type": ("modelCache:\n  type: nfs\n", ["/modelCache/type"]),
     "short-token": ("auth:\n  tokens: [abc]\n", ["/auth/tokens/0"]),
+    "unknown-gpu-preset": ("gpu:\n  nodeSelection:\n    preset: aks\n",
+                           ["/gpu/nodeSelection/preset", "'gfd', 'gke', 'none'"]),
+    # Security contexts, tolerations, volumes, probes: checked against the Kubernetes definitions.
+    "pod-security-context-wrong-type": ("podSecurityContext:\n  runAsUser: many\n",
+                                        ["/podSecurityContext/runAsUser", "integer"]),
+    "container-security-context-typo": ("containerSecurityContext:\n  readOnlyRootFilesytem: true\n",
+                                        ["/containerSecurityContext", "readOnlyRootFilesytem"]),
+    "capabilities-not-a-list": ("containerSecurityContext:\n  capabilities:\n    drop: ALL\n",
+                                ["/containerSecurityContext/capabilities/drop"]),
+    "toleration-typo": ("stt:\n  tolerations:\n    - {key: a, efect: NoSchedule}\n", ["/stt/tolerations/0", "efect"]),
+    "extra-volume-typo": ("llm:\n  extraVolumes:\n    - {name: x, emptyDirr: {}}\n", ["/llm/extraVolumes/0"]),
+    "extra-env-without-name": ("tts:\n  extraEnv:\n    - {value: x}\n", ["/tts/extraEnv/0", "name"]),
+    "probe-override-typo": ("orchestrator:\n  probes:\n    readiness: {periodSecond: 3}\n",
+                            ["/orchestrator/probes/readiness", "periodSecond"]),
+    "spread-constraint-incomplete": ("stt:\n  topologySpreadConstraints:\n    - {maxSkew: 1}\n",
+                                     ["/stt/topologySpreadConstraints/0"]),
+    "extra-object-without-kind": ("extraObjects:\n  - {apiVersion: v1, metadata: {name: x}}\n",
+                                  ["/extraObjects/0", "kind"]),
+    "download-path-escapes-the-cache": (
+        "tts:\n  download:\n    files: [{url: 'https://x.example/y', path: ../etc/x}]\n",
+        ["/tts/download/files/0/path"]),
+    "download-over-plain-http": ("tts:\n  download:\n    files: [{url: 'http://x.example/y', path: y}]\n",
+                                 ["/tts/download/files/0/url"]),
+    "metrics-peer-typo": ("networkPolicy:\n  metricsFrom:\n    - {namespaceSelectr: {}}\n",
+                          ["/networkPolicy/metricsFrom/0", "namespaceSelectr"]),
 }
 
 
@@ -103,4 +153,18 @@ def test_settings_schema_matches_the_settings_models() -> None:
 
     tool = REPO_ROOT / "deploy" / "tools" / "chart_settings.py"
     done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kubernetes_definitions_match_kubernetes_validate() -> None:
+    """values.schema.json's io.k8s.* definitions come from kubernetes-validate's schemas: regenerate on change."""
+    import subprocess
+    import sys
+
+    from tests.deploy.chart import REPO_ROOT
+
+    tool = REPO_ROOT / "deploy" / "tools" / "chart_k8s_schema.py"
+    done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True, timeout=120)
+    if "missing: install a kubernetes-validate" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stdout + done.stderr

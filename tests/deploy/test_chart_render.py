@@ -22,6 +22,7 @@ from tests.deploy.chart import (
     Helm,
     by_kind,
     component,
+    deployments,
     validate_strict,
 )
 
@@ -62,11 +63,6 @@ GATEWAY_CASES = ("gateway", "gateway-tls-k8s-discovery")
 def rendered(helm: Helm) -> dict[str, list[dict[str, Any]]]:
     """Every case rendered once for the whole module."""
     return {name: helm.render(profile, sets=sets) for name, (profile, sets) in CASES.items()}
-
-
-def deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Deployments by service (component label)."""
-    return {component(d): d for d in objects if d["kind"] == "Deployment"}
 
 
 def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +141,10 @@ EXPECTED_GPUS = {
 }
 
 
+# The H100 profile's TTS (Kokoro-82M) asks for a MIG slice, not a whole GPU.
+GPU_RESOURCES = {("h100", "tts"): "nvidia.com/mig-1g.10gb"}
+
+
 @pytest.mark.parametrize("case", list(EXPECTED_GPUS))
 def test_gpus_requested_only_by_gpu_engines(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
     for svc, d in deployments(rendered[case]).items():
@@ -152,29 +152,35 @@ def test_gpus_requested_only_by_gpu_engines(rendered: dict[str, list[dict[str, A
         resources = main_container(d)["resources"]
         want = EXPECTED_GPUS[case].get(svc)
         tolerates_gpu = any(t.get("key") == GPU for t in pod.get("tolerations", []))
+        resource = GPU_RESOURCES.get((case, svc), GPU)
         if want:
-            assert resources["limits"][GPU] == want and resources["requests"][GPU] == want, svc
+            assert resources["limits"][resource] == want and resources["requests"][resource] == want, svc
             assert tolerates_gpu, f"{svc} asks for a GPU but does not tolerate GPU nodes"
-            # A GPU rollout must not ask for an extra GPU.
-            assert d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
         else:
-            assert GPU not in resources.get("limits", {}) and GPU not in resources.get("requests", {}), svc
+            assert not any(k.startswith("nvidia.com/") for k in (*resources.get("limits", {}),
+                                                                 *resources.get("requests", {}))), svc
             assert not tolerates_gpu, f"{svc} runs on CPU but tolerates GPU nodes"
         for init in pod.get("initContainers", []):
             assert GPU not in init["resources"].get("limits", {}), "the model fetcher needs no GPU"
 
 
 def test_profiles_pin_gpu_models(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for case, product in (("h100", "NVIDIA-H100-80GB-HBM3"), ("a100", "NVIDIA-A100-SXM4-80GB")):
+    """GPU feature discovery labels, every board variant of the profile's GPU (SXM, PCIe, NVL)."""
+    for case, product in (("h100", "NVIDIA-H100-PCIe"), ("a100", "NVIDIA-A100-SXM4-80GB")):
         for svc in EXPECTED_GPUS[case]:
             pod = deployments(rendered[case])[svc]["spec"]["template"]["spec"]
-            assert pod["nodeSelector"]["nvidia.com/gpu.product"] == product
+            (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+                "nodeSelectorTerms"]
+            exprs = {e["key"]: e for e in term["matchExpressions"]}
+            assert exprs["nvidia.com/gpu.present"]["values"] == ["true"]
+            assert product in exprs["nvidia.com/gpu.product"]["values"]
+            assert "nodeSelector" not in pod
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_probes_are_native_grpc_health(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
-    """gRPC services: native gRPC health probes. The gateway is HTTP: /healthz (alive) and /readyz
-    (an orchestrator is known and the pod is not draining) on its 8080 port, HTTPS when TLS is on."""
+    """gRPC services: native gRPC health probes (liveness on `voxgrid.liveness`). The gateway is HTTP:
+    /healthz (alive) and /readyz (an orchestrator is known and the pod is not draining) on its 8080 port, HTTPS when TLS is on."""
     tls = any(o["kind"] == "Deployment" and "tls" in {v["name"] for v in o["spec"]["template"]["spec"]["volumes"]}
               for o in rendered[case])
     for svc, d in deployments(rendered[case]).items():
@@ -187,10 +193,19 @@ def test_probes_are_native_grpc_health(rendered: dict[str, list[dict[str, Any]]]
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             assert ports == {"http": 8080, "metrics": 9090}
         else:
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert c[probe]["grpc"] == {"port": 50051}, f"{svc} {probe}"
+            # With TLS the gRPC port speaks only TLS; the kubelet probes the plaintext health-only port.
+            health = 50052 if tls else 50051
+            # Liveness never restarts a pod for loading, draining or a missing backend (voxgrid.liveness
+            # answers whenever the process does); the orchestrator's startup likewise, since its readiness
+            # waits for backends that may take many minutes to load.
+            alive = {"port": health, "service": "voxgrid.liveness"}
+            expected = {"startupProbe": alive if svc == "orchestrator" else {"port": health},
+                        "readinessProbe": {"port": health}, "livenessProbe": alive}
+            for probe, grpc in expected.items():
+                assert c[probe]["grpc"] == grpc, f"{svc} {probe}"
                 assert not {"exec", "httpGet", "tcpSocket"} & set(c[probe])
-            assert {p["containerPort"] for p in c["ports"]} == {50051, 9090}
+            assert {p["containerPort"] for p in c["ports"]} == ({50051, 9090, 50052} if tls else {50051, 9090})
+            assert env_of(c).get(f"VOXGRID_{svc.upper()}_HEALTH_PORT") == ("50052" if tls else None)
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, f"{svc}: startup window too short"
 
@@ -222,7 +237,9 @@ def test_each_container_runs_its_service(rendered: dict[str, list[dict[str, Any]
     for svc, d in deployments(rendered[case]).items():
         c = main_container(d)
         assert c["command"] == ["voxgrid", "serve", svc]
-        assert c["image"].endswith(f"voxgrid-{svc}:0.1.0")
+        # The CPU profile's LLM runs the transformers engine: the LLM image's CPU build.
+        image = "llm-cpu" if (svc == "llm" and env_of(c)["VOXGRID_LLM_ENGINE"] == "transformers") else svc
+        assert c["image"] == f"ghcr.io/voxgrid/voxgrid-{image}:0.1.0"
         env = env_of(c)
         prefix = f"VOXGRID_{svc.upper()}_"
         port = "8080" if svc == "gateway" else "50051"  # the gateway speaks HTTP/WebSocket, not gRPC
@@ -237,7 +254,8 @@ def test_each_container_runs_its_service(rendered: dict[str, list[dict[str, Any]
 def test_settings_map_to_env_vars(rendered: dict[str, list[dict[str, Any]]]) -> None:
     env = env_of(main_container(deployments(rendered["h100"])["llm"]))
     assert env["VOXGRID_LLM_ENGINE"] == "vllm"
-    assert env["VOXGRID_LLM_MODEL"] == "meta-llama/Llama-3.1-8B-Instruct"
+    # The hub model as the init container cached it (revision main): the server never re-resolves it.
+    assert env["VOXGRID_LLM_MODEL"] == "/models/hub/Qwen/Qwen2.5-7B-Instruct/main"
     assert env["VOXGRID_LLM_MAX_MODEL_LEN"] == "16384"  # not 1.6384e+04
     assert env["VOXGRID_LLM_GPU_MEMORY_UTILIZATION"] == "0.9"
     assert env["VOXGRID_LLM_TENSOR_PARALLEL_SIZE"] == "1"
@@ -297,20 +315,22 @@ def test_rbac_is_minimal(rendered: dict[str, list[dict[str, Any]]], case: str) -
     objects = rendered[case]
     assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
     deps = deployments(objects)
-    roles = list(by_kind(objects, "Role").values())
+    hook = {o["metadata"]["name"] for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})}
+    roles = [r for r in by_kind(objects, "Role").values() if r["metadata"]["name"] not in hook]
     uses_k8s = any(v.startswith("k8s:") for v in env_of(main_container(deps["orchestrator"])).values())
     for svc, d in deps.items():
         pod = d["spec"]["template"]["spec"]
         mounts_token = pod["automountServiceAccountToken"]
         assert mounts_token == (svc == "orchestrator" and uses_k8s), f"{svc} mounts an API token needlessly"
+    bindings = [b for b in by_kind(objects, "RoleBinding").values() if b["metadata"]["name"] not in hook]
     if not uses_k8s:
-        assert not roles and not by_kind(objects, "RoleBinding")
+        assert not roles and not bindings
         return
     assert len(roles) == 1
     assert roles[0]["rules"] == [
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
     ]
-    (binding,) = by_kind(objects, "RoleBinding").values()
+    (binding,) = bindings
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": roles[0]["metadata"]["name"]}
     orch_sa = deps["orchestrator"]["spec"]["template"]["spec"]["serviceAccountName"]
@@ -321,6 +341,11 @@ def test_rbac_is_minimal(rendered: dict[str, list[dict[str, Any]]], case: str) -
 @pytest.mark.parametrize("case", list(CASES))
 def test_no_container_runs_as_root(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
     for name, pod, c in pod_containers(rendered[case]):
+        if c["name"] == "cache-owner":
+            # hostPath only: chown of the cache directory, root with CHOWN alone, nothing else.
+            assert c["command"][0] == "chown" and c["securityContext"]["capabilities"] == {
+                "drop": ["ALL"], "add": ["CHOWN"]}
+            continue
         psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
         assert csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, name
         assert csc.get("runAsUser", psc.get("runAsUser", 0)) != 0, name
@@ -345,38 +370,71 @@ def test_model_cache_and_prefetch(rendered: dict[str, list[dict[str, Any]]], cas
             continue
         assert env["HF_HOME"] == "/models/huggingface" and env["VOXGRID_CACHE_DIR"] == "/models/voxgrid"
         assert "/models" in {m["mountPath"] for m in main_container(d)["volumeMounts"]}
-        if svc == "tts":
-            assert "initContainers" not in pod, "TTS voices ship in the image or come as paths"
+        inits = {c["name"]: c for c in pod.get("initContainers", [])}
+        model = env.get(f"VOXGRID_{svc.upper()}_MODEL", "")
+        if model.startswith("/models/hub/"):
+            fetch = env_of(inits["fetch-model"])
+            assert inits["fetch-model"]["image"] == main_container(d)["image"], "the fetcher runs the service's image"
+            assert model == fetch["MODEL_DIR"] == f"/models/hub/{fetch['MODEL_REF']}/main"
+            assert fetch["HF_HOME"] == "/models/huggingface"
+            assert json.loads(fetch["ALLOW_PATTERNS"]), "only the formats the engine loads"
+        elif svc == "tts" and case == "h100":
+            files = json.loads(env_of(inits["fetch-model"])["EXTRA_FILES"])
+            assert {f["path"] for f in files} == {"kokoro/kokoro-v1.0.onnx", "kokoro/voices-v1.0.bin"}
         else:
-            (init,) = pod["initContainers"]
-            assert init["image"] == main_container(d)["image"], "the fetcher runs the service's own image"
-            assert env_of(init)["MODEL_REF"] == env[f"VOXGRID_{svc.upper()}_MODEL"]
-            assert env_of(init)["HF_HOME"] == "/models/huggingface"
-            assert "/models" in {m["mountPath"] for m in init["volumeMounts"]}
+            assert "fetch-model" not in inits, f"{svc}: {model!r} needs no download"
         models = volumes["models"]
         if case == "cpu":
             assert "emptyDir" in models
         elif case.startswith("hostpath"):
             assert models["hostPath"]["path"] == "/var/lib/voxgrid/models"
+            assert next(iter(inits)) == "cache-owner", "ownership is fixed before anything writes there"
+            assert inits["cache-owner"]["command"] == ["chown", "10001:10001", "/models"]
         else:
-            claim = models["persistentVolumeClaim"]["claimName"]
-            assert claim in by_kind(objects, "PersistentVolumeClaim")
+            claim = models["ephemeral"]["volumeClaimTemplate"]["spec"]
+            assert claim["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim
+            assert claim["resources"]["requests"]["storage"].endswith("Gi")
+            assert not by_kind(objects, "PersistentVolumeClaim"), "per-pod volumes need no shared claim"
 
 
-@pytest.mark.parametrize(
-    ("ref", "expected"),
-    [("/models/whisper", "is a path"), ("tiny.en", "the engine resolves it"), ("en_US-joe-medium", "resolves it")],
-)
-def test_prefetch_script_skips_what_is_not_a_hub_id(
-    rendered: dict[str, list[dict[str, Any]]], ref: str, expected: str
-) -> None:
-    """The init container's real script, run here: paths and short names need no download."""
-    init = deployments(rendered["default"])["stt"]["spec"]["template"]["spec"]["initContainers"][0]
+def run_fetch_script(init: dict[str, Any], root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The init container's real script, run here against a local models root."""
     assert init["command"] == ["python", "-c"]
-    done = subprocess.run([sys.executable, "-c", init["args"][0]], capture_output=True, text=True,
-                          env={**os.environ, "MODEL_REF": ref}, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert expected in done.stdout
+    return subprocess.run([sys.executable, "-c", init["args"][0]], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MODELS_ROOT": str(root), "MODEL_REF": "", **env})
+
+
+def test_fetch_script_downloads_extra_files_once_and_refuses_offline_gaps(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    import http.server
+    import threading
+
+    init = deployments(rendered["h100"])["tts"]["spec"]["template"]["spec"]["initContainers"][0]
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "voices.bin").write_bytes(b"\x00voices" * 1000)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        files = json.dumps([{"url": f"http://127.0.0.1:{server.server_port}/voices.bin", "path": "kokoro/v.bin"}])
+        root = tmp_path / "models"
+        done = run_fetch_script(init, root, EXTRA_FILES=files)
+        assert done.returncode == 0, done.stderr
+        assert (root / "kokoro/v.bin").read_bytes() == (served / "voices.bin").read_bytes()
+        assert not list(root.rglob("*.part"))
+        again = run_fetch_script(init, root, EXTRA_FILES=files, HF_HUB_OFFLINE="1")
+        assert again.returncode == 0 and "in the cache" in again.stdout
+    finally:
+        server.shutdown()
+    # Offline with an empty cache: a clear failure in the init container, not a crash inside the engine.
+    empty = tmp_path / "empty"
+    missing = run_fetch_script(init, empty, MODEL_REF="Qwen/Qwen2.5-7B-Instruct",
+                               MODEL_DIR=str(empty / "hub/Qwen/Qwen2.5-7B-Instruct/main"), HF_HUB_OFFLINE="1")
+    assert missing.returncode != 0
+    assert "HF_HUB_OFFLINE is set but Qwen/Qwen2.5-7B-Instruct is not in the cache" in missing.stderr
+
 
 
 def test_autoscaling_on_active_sessions_vs_capacity(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -475,39 +533,61 @@ def test_auth_secret_is_mounted_where_tokens_are_checked(
     import base64
 
     objects = rendered["default"]
-    (secret,) = by_kind(objects, "Secret").values()
-    (token,) = base64.b64decode(secret["data"]["tokens"]).decode().splitlines()
-    assert len(token) >= 32
+    # No tokens in values: nothing random is rendered; a hook Job makes the Secret in the cluster.
+    assert not by_kind(objects, "Secret")
+    (job,) = by_kind(objects, "Job").values()
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job_env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert job_env["SECRET_NAME"] == "vg-voxgrid-auth" and job_env["BACKENDS"] == "false"
     for svc, d in deployments(objects).items():
         env = env_of(main_container(d))
         checks = f"VOXGRID_{svc.upper()}_AUTH_TOKEN_FILE" in env
         assert checks == (svc == "orchestrator"), f"{svc}: auth.backends is off by default"
     orch = deployments(objects)["orchestrator"]["spec"]["template"]["spec"]
     (vol,) = [v for v in orch["volumes"] if v["name"] == "auth"]
-    assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+    assert vol["secret"]["secretName"] == job_env["SECRET_NAME"]
     edge = rendered["edge-exposed"]
     for svc, d in deployments(edge).items():
         env = env_of(main_container(d))
         assert env[f"VOXGRID_{svc.upper()}_AUTH_TOKEN_FILE"] == "/var/run/voxgrid/auth/tokens"
         assert env[f"VOXGRID_{svc.upper()}_TLS_CERT_FILE"] == "/var/run/voxgrid/tls/tls.crt"
-    (edge_secret,) = by_kind(edge, "Secret").values()
-    assert len(base64.b64decode(edge_secret["data"]["backend-token"])) >= 32
-    for svc, d in deployments(edge).items():
         pod = d["spec"]["template"]["spec"]
         (vol,) = [v for v in pod["volumes"] if v["name"] == "auth"]
         key = "tokens" if svc == "orchestrator" else "backend-token"
         assert vol["secret"]["items"] == [{"key": key, "path": "tokens"}], "backends accept only the internal token"
+    (edge_job,) = by_kind(edge, "Job").values()
+    assert env_of(edge_job["spec"]["template"]["spec"]["containers"][0])["BACKENDS"] == "true"
     orch_env = main_container(deployments(edge)["orchestrator"])["env"]
     (backend_token,) = [e for e in orch_env if e["name"] == "VOXGRID_ORCHESTRATOR_BACKEND_TOKEN"]
     assert backend_token["valueFrom"]["secretKeyRef"]["key"] == "backend-token"
-    assert "backend-token" not in secret["data"], "no internal token unless auth.backends"
+    # Tokens in values: the chart renders the Secret itself (and restarts pods when it changes).
     given = helm.render(sets=["auth.tokens[0]=aaaaaaaaaaaaaaaaaaaa", "auth.tokens[1]=bbbbbbbbbbbbbbbbbbbb"])
     (secret,) = by_kind(given, "Secret").values()
     assert base64.b64decode(secret["data"]["tokens"]).decode() == "aaaaaaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbbbb"
+    assert "backend-token" not in secret["data"], "no internal token unless auth.backends"
+    assert not by_kind(given, "Job")
+    assert "checksum/auth" in deployments(given)["orchestrator"]["spec"]["template"]["metadata"]["annotations"]
     external = helm.render(sets=["auth.existingSecret=mine"])
-    assert not by_kind(external, "Secret")
+    assert not by_kind(external, "Secret") and not by_kind(external, "Job")
     orch = deployments(external)["orchestrator"]["spec"]["template"]["spec"]
     assert [v["secret"]["secretName"] for v in orch["volumes"] if v["name"] == "auth"] == ["mine"]
+
+
+def test_auth_init_script_adds_only_missing_keys() -> None:
+    """The hook Job's real script: keys the release needs are generated once, existing ones never change."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "helm/voxgrid/files/make_auth_secret.py"
+    spec = importlib.util.spec_from_file_location("make_auth_secret", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = module.missing_keys({}, gateway=True, backends=True)
+    client, gateway = fresh["tokens"].split("\n")
+    assert gateway == fresh["gateway-token"] and len(client) >= 32 and len(fresh["backend-token"]) >= 32
+    assert module.missing_keys(fresh, gateway=True, backends=True) == {}, "a complete Secret is kept as it is"
+    later = module.missing_keys({"tokens": client}, gateway=True, backends=False)
+    assert later["tokens"] == f"{client}\n{later['gateway-token']}", "the client token survives"
 
 
 def test_gateway_and_ingress_route_grpc_to_the_orchestrator(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -515,7 +595,8 @@ def test_gateway_and_ingress_route_grpc_to_the_orchestrator(rendered: dict[str, 
     (ingress,) = by_kind(objects, "Ingress").values()
     (route,) = by_kind(objects, "GRPCRoute").values()
     client = next(s for s in objects if s["kind"] == "Service" and s["spec"].get("type") == "LoadBalancer")
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    # The pods speak TLS (tls.enabled): nginx must speak it to them too.
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == client["metadata"]["name"]
     assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == client["metadata"]["name"]
     assert route["spec"]["parentRefs"] == [{"name": "edge"}]
@@ -612,14 +693,19 @@ def test_gateway_settings_and_service(rendered: dict[str, list[dict[str, Any]]],
     assert service["metadata"]["labels"]["voxgrid.io/metrics"] == "true", "scraped like every other service"
 
 
-def test_gateway_auth_token_is_accepted_by_the_orchestrator(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_gateway_auth_token_is_accepted_by_the_orchestrator(
+    rendered: dict[str, list[dict[str, Any]]], helm: Helm
+) -> None:
     import base64
 
-    objects = rendered["gateway"]
+    (job,) = by_kind(rendered["gateway"], "Job").values()
+    assert env_of(job["spec"]["template"]["spec"]["containers"][0])["GATEWAY"] == "true"
+    objects = helm.render("cpu", sets=["gateway.enabled=true", "auth.tokens[0]=cccccccccccccccccccc",
+                                       "auth.gatewayToken=gggggggggggggggggggg"])
     (secret,) = by_kind(objects, "Secret").values()
     own = base64.b64decode(secret["data"]["gateway-token"]).decode()
     client, last = base64.b64decode(secret["data"]["tokens"]).decode().splitlines()
-    assert last == own and client != own and len(own) >= 32
+    assert last == own == "gggggggggggggggggggg" and client != own
     c = main_container(deployments(objects)["gateway"])
     (token,) = [e for e in c["env"] if e["name"] == "VOXGRID_GATEWAY_ORCHESTRATOR_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "gateway-token"}
