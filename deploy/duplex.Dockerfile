@@ -20,8 +20,9 @@ RUN /opt/venv/bin/pip install --no-deps /src
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# moshi's torch.compile builds Triton kernels at start-up: they need a C compiler and the Python headers.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
+ && apt-get install -y --no-install-recommends python3 python3-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin voxgrid \
  && mkdir -p /models && chown 10001:10001 /models

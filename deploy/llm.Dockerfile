@@ -1,6 +1,9 @@
-# Language model on vLLM (CUDA). vLLM pins its own torch, so this image holds the llm-vllm extra
-# and nothing else. Build from the repository root:
-#   docker build -f deploy/llm.Dockerfile -t voxgrid-llm .
+# Language model. vLLM pins its own torch, so one image holds one engine's extra and nothing else:
+#   docker build -f deploy/llm.Dockerfile -t voxgrid-llm .                       # vLLM on CUDA (default)
+#   docker build -f deploy/llm.Dockerfile -t voxgrid-llm:cpu \
+#     --build-arg EXTRAS=llm --build-arg ENGINE=transformers .                   # the CPU profile: transformers
+#                                                                                # engine + the packaged GGUF
+# Build from the repository root.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
@@ -10,9 +13,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 COPY . /src
-RUN /opt/venv/bin/pip install "/src[llm-vllm]"
+# llm-vllm: vLLM (pinned in pyproject.toml); llm: the transformers engine with gguf and the packaged model.
+ARG EXTRAS=llm-vllm
+RUN /opt/venv/bin/pip install "/src[${EXTRAS}]"
 
 FROM ${CUDA_IMAGE}
+ARG ENGINE=vllm
 ENV DEBIAN_FRONTEND=noninteractive
 # vLLM's Triton kernels compile at start-up: they need a C compiler and the Python headers at run time.
 RUN apt-get update \
@@ -29,7 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VOXGRID_LLM_HOST=0.0.0.0 \
     VOXGRID_LLM_PORT=50051 \
     VOXGRID_LLM_METRICS_PORT=9090 \
-    VOXGRID_LLM_ENGINE=vllm
+    VOXGRID_LLM_ENGINE=${ENGINE}
 VOLUME ["/models"]
 EXPOSE 50051 9090
 USER 10001:10001

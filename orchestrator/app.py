@@ -5,12 +5,14 @@ from __future__ import annotations
 import grpc
 from voxgrid.orchestrator.discovery import parse_discovery
 from voxgrid.orchestrator.knowledge import KnowledgeBase, load_collections
+from voxgrid.orchestrator.readiness import StageReadiness
 from voxgrid.orchestrator.routing import BackendPool
 from voxgrid.orchestrator.servicer import AgentServicer
 from voxgrid.orchestrator.session import Backends
 from voxgrid.orchestrator.settings import Settings
 
 from voxgrid.server.chassis import ServiceRuntime
+from voxgrid.server.health import ReplicaHealth
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc, duplex_pb2_grpc, llm_pb2_grpc, stt_pb2_grpc, tts_pb2_grpc
 
 __all__ = ["AgentRuntime", "Settings", "create_runtime"]
@@ -35,12 +37,17 @@ class AgentRuntime(ServiceRuntime):
                                  tts=pool("tts", tts_pb2_grpc.TextToSpeechStub))
         self.backends_duplex = pool("duplex", duplex_pb2_grpc.DuplexStub) if settings.duplex_backends else None
         self.knowledge: dict[str, KnowledgeBase] = {}
+        self.readiness: StageReadiness | None = None
 
     def service_names(self) -> list[str]:
         return [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name]
 
     def register(self, server: grpc.aio.Server) -> None:
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(self), server)
+
+    def bind_health(self, health: ReplicaHealth) -> None:
+        self.readiness = StageReadiness(self.pools(), health, self.settings.health_check_interval_s,
+                                        self.settings.connect_timeout_s)
 
     def pools(self) -> list[BackendPool]:
         return [self.backends.stt, self.backends.llm, self.backends.tts,
@@ -50,8 +57,12 @@ class AgentRuntime(ServiceRuntime):
         self.knowledge = load_collections(self.settings.knowledge_dir)
         for p in self.pools():
             await p.start()
+        if self.readiness is not None:
+            await self.readiness.start()
 
     async def stop(self) -> None:
+        if self.readiness is not None:
+            await self.readiness.stop()
         for p in self.pools():
             await p.close()
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
-import threading
 from collections.abc import Iterable
 from typing import Any
+
+from voxgrid.orchestrator import telemetry
 
 log = logging.getLogger("voxgrid.orchestrator.discovery")
 
@@ -90,62 +92,134 @@ def ready_addresses(endpoint_slices: Iterable[Any], port: int) -> list[str]:
 
 
 class KubernetesDiscovery(Discovery):
-    """Watches discovery.k8s.io/v1 EndpointSlices of one Service (needs get/list/watch on them)."""
+    """Watches discovery.k8s.io/v1 EndpointSlices of one Service (needs get/list/watch on them).
 
-    def __init__(self, namespace: str, service: str, port: int) -> None:
+    List, then watch from the list's resourceVersion; a watch that ends or fails (the server's timeout, a cut
+    connection, an API outage) resumes from the last version seen, after a growing backoff while it fails:
+    the API replays what changed meanwhile, or answers 410 Gone when that version was compacted away, and
+    only then is the slice list read again. Through an outage the last known replicas stay in use (they are
+    still there: only the API is not), each failure is logged and counted
+    (`voxgrid_orchestrator_discovery_errors_total`), and the watch never dies.
+    """
+
+    def __init__(self, namespace: str, service: str, port: int, *, watch_timeout_s: int = 60,
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
         super().__init__()
         self.namespace, self.service, self.port = namespace, service, port
+        self.watch_timeout_s = watch_timeout_s
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.source = f"k8s:{namespace}/{service}"
+        self.version: str | None = None
         self._slices: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._api_client: Any = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
-            from kubernetes import client, config, watch
+            from kubernetes.aio import client, config
         except ImportError as exc:
             raise RuntimeError(
                 "k8s: discovery needs the kubernetes client: pip install 'voxgrid[orchestrator-k8s]'"
             ) from exc
+        configuration = client.Configuration()
         try:
-            config.load_incluster_config()
+            config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
-            config.load_kube_config()
-        api = client.DiscoveryV1Api()
-        selector = f"kubernetes.io/service-name={self.service}"
-        initial = await asyncio.to_thread(api.list_namespaced_endpoint_slice, self.namespace, label_selector=selector)
-        self._slices = {s.metadata.name: s for s in initial.items}
-        self.targets = ready_addresses(self._slices.values(), self.port)
-        version = initial.metadata.resource_version
+            # KUBECONFIG read now (the client reads it once, at import), as kubectl would.
+            await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+        self._api_client = client.ApiClient(configuration)
+        api = client.DiscoveryV1Api(self._api_client)
+        try:  # the first list before serving, so the replica starts with the replicas it can use
+            await self._list(api)
+        except Exception as exc:
+            self._failed("list", exc)
+        self._task = asyncio.create_task(self._watch_forever(api), name=f"k8s-watch-{self.service}")
 
-        def run() -> None:  # the kubernetes client is synchronous: its watch lives on its own thread
-            nonlocal version
-            while not self._stop.is_set():
-                try:
-                    for event in watch.Watch().stream(api.list_namespaced_endpoint_slice, self.namespace,
-                                                      label_selector=selector, resource_version=version,
-                                                      timeout_seconds=60):
-                        obj = event["object"]
-                        version = obj.metadata.resource_version
-                        if event["type"] == "DELETED":
-                            self._slices.pop(obj.metadata.name, None)
-                        else:
-                            self._slices[obj.metadata.name] = obj
-                        self.targets = ready_addresses(self._slices.values(), self.port)
-                        if self._stop.is_set():
-                            return
-                except Exception as exc:  # expired resource version, API restart: list again
-                    log.warning("EndpointSlice watch of %s/%s restarted: %s", self.namespace, self.service, exc)
-                    self._stop.wait(1.0)
-                    fresh = api.list_namespaced_endpoint_slice(self.namespace, label_selector=selector)
-                    self._slices = {s.metadata.name: s for s in fresh.items}
-                    self.targets = ready_addresses(self._slices.values(), self.port)
-                    version = fresh.metadata.resource_version
+    @property
+    def _selector(self) -> str:
+        return f"kubernetes.io/service-name={self.service}"
 
-        self._thread = threading.Thread(target=run, name=f"k8s-watch-{self.service}", daemon=True)
-        self._thread.start()
+    async def _list(self, api: Any) -> None:
+        listed = await api.list_namespaced_endpoint_slice(self.namespace, label_selector=self._selector,
+                                                         _request_timeout=self.watch_timeout_s)
+        self._slices = {s.metadata.name: s for s in listed.items}
+        self.version = listed.metadata.resource_version
+        self._update()
+
+    def _update(self) -> None:
+        targets = ready_addresses(self._slices.values(), self.port)
+        if targets != self.targets:
+            log.info("%s replicas: %s", self.source, ", ".join(targets) or "none")
+        self.targets = targets
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        telemetry.DISCOVERY_ERRORS.labels(self.source).inc()
+        log.warning("%s: %s failed (%s); keeping the last known replicas (%s)", self.source, what,
+                    _describe(exc), ", ".join(self.targets) or "none")
+
+    async def _watch_forever(self, api: Any) -> None:
+        from kubernetes.aio import watch
+        from kubernetes.aio.client.exceptions import ApiException
+
+        delay = self.backoff_s
+        relist = self.version is None
+        while True:
+            try:
+                if relist:
+                    await self._list(api)
+                    relist = False
+                async with watch.Watch() as stream:
+                    # timeout_seconds: the server ends the watch, so this loop (not the client) decides what next.
+                    async for event in stream.stream(
+                            api.list_namespaced_endpoint_slice, self.namespace, label_selector=self._selector,
+                            resource_version=self.version, timeout_seconds=self.watch_timeout_s,
+                            allow_watch_bookmarks=True, _request_timeout=self.watch_timeout_s + 10):
+                        self._apply(event)
+                        delay = self.backoff_s
+                # The watch ended without an error: resume from the last version seen.
+            except asyncio.CancelledError:
+                raise
+            except ApiException as exc:
+                if exc.status == 410:  # the version was compacted away: only a new list tells what changed
+                    log.info("%s: watch expired (410 Gone), listing again", self.source)
+                    relist = True
+                    continue
+                self._failed("list" if relist else "watch", exc)
+            except Exception as exc:  # connection refused or cut, timeouts, a malformed answer
+                self._failed("list" if relist else "watch", exc)
+            else:
+                delay = self.backoff_s
+                continue
+            # Resume from the last version seen (the API replays what happened meanwhile, or says 410).
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        kind, obj = event["type"], event["object"]
+        if kind == "BOOKMARK":  # nothing changed; only a newer version to resume from
+            self.version = event["raw_object"]["metadata"]["resourceVersion"]
+            return
+        self.version = obj.metadata.resource_version
+        if kind == "DELETED":
+            self._slices.pop(obj.metadata.name, None)
+        else:
+            self._slices[obj.metadata.name] = obj
+        self._update()
 
     async def stop(self) -> None:
-        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._api_client is not None:
+            await self._api_client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if status:  # an ApiException: the API's own status and reason
+        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def parse_discovery(spec: str, refresh_s: float = 5.0) -> Discovery:

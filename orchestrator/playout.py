@@ -167,8 +167,12 @@ class Playout:
                 delay = due - time.monotonic()
                 if delay > 0:
                     self._wake.clear()
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands in the same loop
+                    # step as the wake-up (new audio while the session closes), and this task then idles
+                    # forever, holding the session, its admission slot and `close()` with it.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
                     continue  # re-check: the queue may have been cleared meanwhile
             self._queue.popleft()
             first = not self.turn_started_at

@@ -1,10 +1,10 @@
 """Routing a session's stages to backend replicas, and the open streams that result.
 
-Each new stream goes to the least-loaded replica that is not cooling down (this orchestrator's own
-count of streams it holds there); a replica that answers RESOURCE_EXHAUSTED or UNAVAILABLE, or cannot
-be reached, cools down for a while and the next candidate is tried. A stream counts as open only once
-the replica has admitted it (the chassis sends initial metadata on admission), so failing over costs
-no work on the refusing replica.
+Each new stream goes to the least-loaded replica (this orchestrator's own count of streams it holds there)
+that is not cooling down and was SERVING at the last health check; a replica that answers
+RESOURCE_EXHAUSTED or UNAVAILABLE, or cannot be reached, cools down for a while and the next candidate is
+tried. A stream counts as open only once the replica has admitted it (the chassis sends initial metadata
+on admission), so failing over costs no work on the refusing replica.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from voxgrid.orchestrator.discovery import Discovery
 
-from voxgrid.client import channel
+from voxgrid.client import channel, health_status
 from voxgrid.server.interceptors import ADMITTED_HEADER
 
 log = logging.getLogger("voxgrid.orchestrator.routing")
@@ -83,18 +83,33 @@ class BackendPool:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.open_streams: dict[str, int] = {}
         self._cooling_until: dict[str, float] = {}
+        # Each replica's gRPC health at the last `probe` (SERVING, NOT_SERVING, UNAVAILABLE, ...).
+        self.health: dict[str, str] = {}
 
-    def stub(self, target: str) -> Any:
+    def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
         if ch is None:
             ch = self._channels[target] = channel(target, token=self._token)
-        return self._stub_factory(ch)
+        return ch
+
+    def stub(self, target: str) -> Any:
+        return self._stub_factory(self._channel(target))
 
     def candidates(self) -> list[str]:
         now = time.monotonic()
         targets = list(self.discovery.targets)
         random.shuffle(targets)  # ties go to a random replica, not always the first one
-        return sorted(targets, key=lambda t: (self._cooling_until.get(t, 0) > now, self.open_streams.get(t, 0)))
+        # A replica last seen loading or unreachable is still tried, after the others: the check may be stale.
+        return sorted(targets, key=lambda t: (self._cooling_until.get(t, 0) > now,
+                                              self.health.get(t, "SERVING") != "SERVING",
+                                              self.open_streams.get(t, 0)))
+
+    async def probe(self, timeout_s: float) -> dict[str, str]:
+        """Check the gRPC health of every known replica at once; remembered for routing."""
+        targets = list(self.discovery.targets)
+        statuses = await asyncio.gather(*(health_status(self._channel(t), timeout_s=timeout_s) for t in targets))
+        self.health = dict(zip(targets, statuses, strict=True))
+        return self.health
 
     def cool_down(self, target: str, seconds: float | None = None) -> None:
         self._cooling_until[target] = time.monotonic() + (self.cooldown_s if seconds is None else seconds)

@@ -1,4 +1,5 @@
-"""Per-turn latency: the record sent to the client and the Prometheus histograms, from one place."""
+"""The orchestrator's metrics: per-turn latency (the record sent to the client and the Prometheus histograms, from
+one place), and how its backends look from here."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ BACKEND_RECONNECTS = metrics.counter(S, "backend_reconnects", "Stage streams re-
 SPECULATIONS = metrics.counter(S, "speculative_turns", "Answers prepared before the endpoint, by outcome.",
                                ["outcome"])
 SESSIONS_BY_MODE = metrics.gauge(S, "sessions_by_mode", "Live sessions by mode.", ["mode"])
+STAGE_SERVING_REPLICAS = metrics.gauge(S, "stage_serving_replicas",
+                                       "Backend replicas of a stage whose gRPC health is SERVING.", ["stage"])
+DISCOVERY_ERRORS = metrics.counter(S, "discovery_errors", "Failed backend discovery calls (the last known "
+                                   "replica list stays in use), by source.", ["source"])
 
 
 def observe(latency: agent_pb2.TurnLatency, mode: str = "pipeline") -> None:

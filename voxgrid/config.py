@@ -27,6 +27,9 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(
         -1, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks a free one, -1 disables it."
     )
+    health_port: int = Field(
+        0, ge=0, le=65535, description="Plaintext port serving only gRPC health (same status as the main port), "
+        "for probes that cannot speak TLS, such as the kubelet's gRPC probe; 0 turns it off.")
     max_sessions: int = Field(
         64, ge=1, description="Concurrent streams this replica serves; more get RESOURCE_EXHAUSTED."
     )

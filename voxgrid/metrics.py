@@ -69,3 +69,6 @@ class ServiceMetrics:
         )
         self.errors = counter(service, "errors", "Streams and calls that ended with an error status.", ["code"])
         self.draining = gauge(service, "draining", "1 while the replica drains after SIGTERM.")
+        self.event_loop_tasks = gauge(
+            service, "event_loop_tasks",
+            "asyncio tasks alive on the replica's event loop; steady growth under steady load is a leak.")

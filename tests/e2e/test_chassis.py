@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from voxgrid.client import channel, health_status
+from voxgrid.processes import free_port
 from voxgrid.server.chassis import ServiceServer, start_server
 from voxgrid.server.echo import EchoRuntime, Settings
 from voxgrid.v1 import echo_pb2, echo_pb2_grpc
@@ -255,16 +256,62 @@ async def test_sigterm_drains_a_real_process_within_the_grace_period() -> None:
     assert "draining: 1 live streams" in stderr
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
-async def test_tls_serves_a_client_that_trusts_the_certificate(tmp_path: Path) -> None:
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed (key, certificate) for localhost and 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
         check=True, capture_output=True,
     )
+    return key, cert
+
+
+async def test_tls_serves_a_client_that_trusts_the_certificate(tls_pair: tuple[Path, Path]) -> None:
+    key, cert = tls_pair
     async with start_server(EchoRuntime(), settings(tls_cert_file=cert, tls_key_file=key, auth_tokens="t")) as srv:
         async with channel(f"localhost:{srv.port}", token="t", tls=cert) as ch:
             assert (await Conversation(ch).roundtrip(b"secure")).frame == b"secure"
         async with channel(f"localhost:{srv.port}") as plaintext:
             assert await health_status(plaintext) == "UNAVAILABLE"
+
+
+async def test_plaintext_health_port_follows_the_tls_server_through_loading_and_draining(
+        tls_pair: tuple[Path, Path]) -> None:
+    """The kubelet's gRPC probe speaks plaintext only: with TLS on, the health port is what it can reach."""
+    key, cert = tls_pair
+    runtime = SlowLoadingEcho()
+    server = ServiceServer(runtime, settings(tls_cert_file=cert, tls_key_file=key, health_port=free_port()))
+    await server.start()
+    probe = channel(f"127.0.0.1:{server.health_port}")
+    try:
+        assert await health_status(probe) == "NOT_SERVING"
+        assert await health_status(probe, "voxgrid.liveness") == "SERVING"  # loading is not dead
+        runtime.release.set()
+        await server.wait_ready()
+        assert await health_status(probe) == "SERVING"
+        assert await health_status(probe, ECHO) == "SERVING"
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # health only: the service itself stays behind TLS
+            [r async for r in echo_pb2_grpc.EchoStub(probe).Stream(iter([echo_pb2.EchoRequest()]))]
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with channel(f"127.0.0.1:{server.port}") as plaintext:
+            assert await health_status(plaintext) == "UNAVAILABLE"
+        async with channel(f"localhost:{server.port}", tls=cert) as secure:
+            live = Conversation(secure)
+            await live.roundtrip(b"x")
+            drain = asyncio.create_task(server.drain(grace_s=10))
+            for _ in range(100):
+                if await health_status(probe) == "NOT_SERVING":
+                    break
+                await asyncio.sleep(0.05)
+            assert await health_status(probe) == "NOT_SERVING"
+            assert await health_status(probe, "voxgrid.liveness") == "SERVING"  # nor is draining
+            await live.close()
+            await asyncio.wait_for(drain, 5)
+        assert await health_status(probe, timeout_s=0.5) == "UNAVAILABLE", "the health port closes with the server"
+    finally:
+        await probe.close()
+        await server.stop()

@@ -4,7 +4,8 @@ A service supplies a `ServiceRuntime` (its servicers and how to load/unload its 
 supplies everything an operator expects of a replica: gRPC health v1 (NOT_SERVING while loading and
 draining), server reflection, Prometheus /metrics on its own port, bearer-token auth, optional TLS,
 message size limits, a session limit with RESOURCE_EXHAUSTED past it, and a SIGTERM drain that lets
-live streams finish within a grace period.
+live streams finish within a grace period. With TLS on, an optional plaintext listener (`health_port`)
+answers only gRPC health, from the same status, because the kubelet's gRPC probe cannot speak TLS.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, start_http_server
 
 from voxgrid.config import ServerSettings, accepted_tokens
 from voxgrid.metrics import ServiceMetrics
+from voxgrid.server.health import ReplicaHealth
 from voxgrid.server.interceptors import AuthInterceptor, SessionGate
 from voxgrid.server.lifecycle import SignalDrain
 
@@ -41,6 +43,10 @@ class ServiceRuntime(abc.ABC):
     @abc.abstractmethod
     def register(self, server: grpc.aio.Server) -> None:
         """Add this service's servicers to the server."""
+
+    def bind_health(self, health: ReplicaHealth) -> None:  # noqa: B027 - optional hook
+        """Called once before `start`: a runtime whose calls need more than its own models (reachable
+        backends) reports those conditions there as dependencies."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load models; the replica reports NOT_SERVING until this returns."""
@@ -77,10 +83,14 @@ class ServiceServer:
         self.metrics = ServiceMetrics(runtime.name)
         self.gate = SessionGate(runtime.name, runtime.service_names(), settings.max_sessions, self.metrics)
         self.health = health.aio.HealthServicer()
+        self.health_state = ReplicaHealth(self.health, runtime.service_names())
+        runtime.bind_health(self.health_state)
         self.port = 0
         self.metrics_port: int | None = None
         self._metrics_httpd = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self._ready = asyncio.Event()
         self._load_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -98,10 +108,6 @@ class ServiceServer:
             return None
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
         return f"http://{host}:{self.metrics_port}/metrics"
-
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        for name in ["", *self.runtime.service_names()]:
-            await self.health.set(name, status)
 
     async def start(self) -> None:
         """Bind ports and start serving health at once; load engines in the background."""
@@ -132,14 +138,30 @@ class ServiceServer:
             self.port = server.add_insecure_port(addr)
         if self.port == 0:
             raise OSError(f"could not bind {addr}: is the port in use?")
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health_state.publish()
         await server.start()
         self._server = server
+        loop = asyncio.get_running_loop()  # read by the metrics thread at each scrape (a soak's leak probe)
+        self.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        if s.health_port:
+            await self._start_health_listener(s.host, s.health_port)
         if s.metrics_port >= 0:
             self._metrics_httpd, _ = start_http_server(s.metrics_port, addr=s.host, registry=REGISTRY)
             self.metrics_port = self._metrics_httpd.server_port
-        log.info("%s listening on %s (metrics %s), loading", self.runtime.name, self.address, self.metrics_url)
+        log.info("%s listening on %s (metrics %s%s), loading", self.runtime.name, self.address, self.metrics_url,
+                 f", plaintext health on port {self.health_port}" if self.health_port else "")
         self._load_task = asyncio.create_task(self._load())
+
+    async def _start_health_listener(self, host: str, port: int) -> None:
+        """Plaintext, health only: it shares `self.health`, so probes see loading and draining as they are."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.health_port = server.add_insecure_port(addr)
+        if self.health_port == 0:
+            raise OSError(f"could not bind the health port {addr}: is it in use?")
+        await server.start()
+        self._health_server = server
 
     async def _load(self) -> None:
         try:
@@ -149,8 +171,11 @@ class ServiceServer:
             log.exception("%s failed to load", self.runtime.name)
             self._ready.set()
             raise
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("%s ready on %s", self.runtime.name, self.address)
+        await self.health_state.set_loaded()
+        if self.health_state.serving:
+            log.info("%s ready on %s", self.runtime.name, self.address)
+        else:
+            log.info("%s loaded on %s; NOT_SERVING until its dependencies are met", self.runtime.name, self.address)
         self._ready.set()
 
     async def wait_ready(self) -> None:
@@ -165,7 +190,7 @@ class ServiceServer:
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
         self.gate.draining = True
         self.metrics.draining.set(1)
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health_state.set_draining()
         log.info("%s draining: %d live streams, grace %.1fs", self.runtime.name, self.gate.active, grace)
         finished = await self.gate.wait_idle(grace)
         if not finished:
@@ -181,6 +206,8 @@ class ServiceServer:
             self._load_task.cancel()
         if self._server is not None:
             await self._server.stop(grace=0.5)
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
         with contextlib.suppress(Exception):
             await self.runtime.stop()
         if self._metrics_httpd is not None:
