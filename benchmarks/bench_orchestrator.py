@@ -4,9 +4,12 @@
             callers in real time: per-turn orchestration overhead (voice-to-voice minus every stage) p50/p99.
   v2v       the real local stack (small CPU models): voice-to-voice p50/p95 and its breakdown by stage over
             spoken questions, and barge-in reaction (caller starts talking over the agent -> agent audio stops).
+  neighbour the real local stack: a good caller's voice-to-voice alone and while a neighbour's largest allowed
+            typed turn is read by the same LLM replica, with the LLM's chunked prefill off (0) and on.
 
     python benchmarks/bench_orchestrator.py overhead [--sessions 1,50,200] [--turns 3]
     python benchmarks/bench_orchestrator.py v2v [--questions 8] [--barge-ins 4]
+    python benchmarks/bench_orchestrator.py neighbour [--chunks 0,16] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from voxgrid.orchestrator.client import TE, AgentCall, session_config
 from benchmarks.common import ROOT, ServiceProcess, cpu_seconds, free_port, pct, table
 from voxgrid.client import channel
 from voxgrid.speech import synthesize
-from voxgrid.v1 import agent_pb2_grpc, audio_pb2
+from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2
 
 RATE = 16000
 QUESTIONS = [
@@ -165,6 +168,45 @@ async def v2v(n_questions: int, n_barge: int) -> None:
             ["INTERRUPTED event (history trimmed)", pct(announced, 50), pct(announced, 95)]]))
 
 
+NEIGHBOUR_TEXT = ("Here is my whole order history; read it carefully before you answer. "
+                  + " ".join(f"Order {i}: two boxes of blue tiles, delivered on a Monday." for i in range(70)))[:4000]
+
+
+async def good_turn(stub: agent_pb2_grpc.AgentStub, speech: np.ndarray, neighbour: bool) -> float:
+    """One spoken question on a fresh session; the neighbour's typed turn lands as the caller falls silent."""
+    async with AgentCall(stub, session_config()) as good, AgentCall(stub, session_config()) as other:
+        await good.stream(speech, RATE)
+        if neighbour:
+            other.send(agent_pb2.ConverseRequest(text=NEIGHBOUR_TEXT))
+        await good.silence(60, until=lambda: good.turn_over(1)(good.record) or good.done.is_set())
+        if other.record.of("notice"):
+            raise RuntimeError(f"the neighbour's turn was refused: {other.record.of('notice')[0].message}")
+        return good.record.of("latency")[0].voice_to_voice_ms
+
+
+async def neighbour(chunks: list[int], pairs: int) -> None:
+    from voxgrid.loadtest.scenarios.stack import Stack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        speech = flite("What is the capital of France?", Path(tmp) / "q.wav")
+    rows = []
+    for chunk in chunks:
+        async with Stack(backend_env={"VOXGRID_LLM_PREFILL_CHUNK_TOKENS": str(chunk)}) as stack:
+            async with channel(stack.orchestrator.target) as ch:
+                stub = agent_pb2_grpc.AgentStub(ch)
+                await good_turn(stub, speech, neighbour=False)  # warm-up
+                alone, beside = [], []
+                for _ in range(pairs):
+                    alone.append(await good_turn(stub, speech, neighbour=False))
+                    beside.append(await good_turn(stub, speech, neighbour=True))
+                    print(f"  chunk {chunk}: alone {alone[-1]:.0f} ms, beside {beside[-1]:.0f} ms", flush=True)
+        rows.append([chunk or "off (whole prompt)", pct(alone, 50), pct(beside, 50),
+                     f"{pct(beside, 50) / pct(alone, 50):.2f}x"])
+    print(f"\na good caller's voice-to-voice (p50 of {pairs}), alone and while a neighbour's "
+          f"{len(NEIGHBOUR_TEXT)}-character typed turn is read by the same LLM replica (real CPU stack, Qwen2.5 0.5B)")
+    print(table(["LLM prefill chunk (tokens)", "alone ms", "beside the neighbour ms", "factor"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -174,9 +216,14 @@ def main() -> None:
     p = sub.add_parser("v2v")
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--barge-ins", type=int, default=4)
+    p = sub.add_parser("neighbour")
+    p.add_argument("--chunks", default="0,16", help="LLM prefill_chunk_tokens values to compare (0 = off)")
+    p.add_argument("--pairs", type=int, default=3, help="alone/beside question pairs per value")
     args = parser.parse_args()
     if args.what == "overhead":
         asyncio.run(overhead([int(s) for s in args.sessions.split(",")], args.turns))
+    elif args.what == "neighbour":
+        asyncio.run(neighbour([int(c) for c in args.chunks.split(",")], args.pairs))
     else:
         asyncio.run(v2v(args.questions, args.barge_ins))
 

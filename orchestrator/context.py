@@ -71,7 +71,8 @@ class Conversation:
         return sum(m.tokens for m in self.history)
 
     def _evict(self) -> None:
-        # Evict whole exchanges from the front, but never the newest message.
+        # Evict whole exchanges from the front, but never the newest message: a user turn that alone is over
+        # the budget is refused before it gets here (limits.user_turn_problem), so the window fits the budget.
         while self.history_tokens() > self.max_history_tokens and len(self.history) > 1:
             dropped = [self.history.pop(0)]
             # tool results and the assistant message after them belong to the same exchange

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from voxgrid.orchestrator.duplex_relay import DuplexRelay
+from voxgrid.orchestrator.limits import InputLimits
 from voxgrid.orchestrator.routing import BackendError
 from voxgrid.orchestrator.session import PipelineSession
 from voxgrid.orchestrator.tools import ToolRunner
@@ -91,10 +92,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                                     f"voice {config.voice!r} is unknown; available: {', '.join(sorted(voices))}")
                 s = self.runtime.settings
                 session = PipelineSession(
-                    config, session_id, self.runtime.backends, ToolRunner(list(config.tools), self.runtime.knowledge),
+                    config, session_id, self.runtime.backends,
+                    ToolRunner(list(config.tools), self.runtime.knowledge, s.max_tool_result_chars),
                     out, system_prompt=s.default_system_prompt, max_history_tokens=s.max_history_tokens,
                     max_tokens=s.max_tokens, playout_lead_ms=s.playout_lead_ms,
-                    reconnect_attempts=s.reconnect_attempts, tts_first_chunk_chars=s.tts_first_chunk_chars,
+                    reconnect_attempts=s.reconnect_attempts, limits=InputLimits.from_settings(s),
+                    tts_first_chunk_chars=s.tts_first_chunk_chars,
                     speculative_turns=s.speculative_turns)
             await session.open()
         except BackendError as err:

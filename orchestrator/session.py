@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from voxgrid.orchestrator import telemetry
 from voxgrid.orchestrator.context import Conversation, Message
+from voxgrid.orchestrator.limits import InputLimits, SessionRateLimiter, user_turn_problem
 from voxgrid.orchestrator.playout import Chunk, Playout
 from voxgrid.orchestrator.routing import BackendError, BackendPool, StageStream
 from voxgrid.orchestrator.state import State, StateMachine
@@ -113,7 +114,7 @@ class PipelineSession:
 
     def __init__(self, config: agent_pb2.SessionConfig, session_id: str, backends: Backends, tools: ToolRunner,
                  out: Outbox[agent_pb2.ConverseResponse], *, system_prompt: str, max_history_tokens: int,
-                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int,
+                 max_tokens: int, playout_lead_ms: int, reconnect_attempts: int, limits: InputLimits,
                  tts_first_chunk_chars: int = 0, speculative_turns: bool = True) -> None:
         self.config = config
         self.session_id = session_id
@@ -135,6 +136,8 @@ class PipelineSession:
         self.min_interruption_s = (tt.min_interruption_ms or 400) / 1000
         self.allow_interruptions = tt.allow_interruptions if tt.HasField("allow_interruptions") else True
         self.reconnect_attempts = reconnect_attempts
+        self.limits = limits
+        self.rate = SessionRateLimiter(limits)
         self.tts_first_chunk_chars = tts_first_chunk_chars
         self.speculative_turns = speculative_turns
         self.sm = StateMachine()
@@ -288,6 +291,8 @@ class PipelineSession:
 
     def _on_client(self, request: agent_pb2.ConverseRequest) -> None:
         which = request.WhichOneof("request")
+        if which in ("text", "control") and not self._admit(request, which):
+            return
         if which == "audio":
             self._on_caller_audio(request.audio)
         elif which == "text":
@@ -308,6 +313,24 @@ class PipelineSession:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "config may only be sent once, as the first message")
         else:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "empty message: send audio, text, control or playback")
+
+    def _admit(self, request: agent_pb2.ConverseRequest, which: str) -> bool:
+        """Size, then rate: an oversize or flooding message is refused in-band and the call goes on."""
+        if which == "control" and request.control.action == agent_pb2.AgentControl.ACTION_END:
+            return True  # ending is never refused
+        if which == "text" and self._refused("typed turn", request.text.strip(), self.limits.max_user_text_chars):
+            return False
+        refusal = self.rate.refuse(which, len(request.text) if which == "text" else 0)
+        if refusal:
+            self._notice(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, "input")
+        return not refusal
+
+    def _refused(self, kind: str, text: str, max_chars: int) -> bool:
+        """An oversize user turn never reaches the LLM: say why (in-band) and go on listening."""
+        problem = user_turn_problem(kind, text, max_chars, self.conversation.max_history_tokens)
+        if problem:
+            self._notice(grpc.StatusCode.INVALID_ARGUMENT, problem, "input")
+        return bool(problem)
 
     def _on_caller_audio(self, data: bytes) -> None:
         if len(data) % self.in_spec.bytes_per_sample:
@@ -402,13 +425,15 @@ class PipelineSession:
             if len(_words(tr.text)) >= self.min_interruption_words and not _is_backchannel(tr.text):
                 self._confirm_barge_in()
             return
-        if self.turn is None and tr.committed_text and tr.committed_text != self._prewarmed_text:
+        if (self.turn is None and tr.committed_text and tr.committed_text != self._prewarmed_text
+                and len(tr.committed_text) <= self.limits.max_transcript_chars):
             self._prewarm(tr.committed_text)
 
     def _on_preview(self, tr: stt_pb2.Transcript) -> None:
         """The caller fell silent and STT previews the final: prepare the answer, hold its audio."""
         if (not self.speculative_turns or self.turn is not None or self._barge_pending == tr.utterance_id
-                or tr.utterance_id in self._backchannel_utterances or not tr.text.strip()):
+                or tr.utterance_id in self._backchannel_utterances or not tr.text.strip()
+                or len(tr.text) > self.limits.max_transcript_chars):
             return
         self._start_turn(tr.text.strip(), speech_end_at=0.0, endpoint_at=0.0, final_at=0.0,
                          speculative_utterance=tr.utterance_id)
@@ -488,6 +513,8 @@ class PipelineSession:
                 self._confirm_speculation(turn, speech_end_at, endpoint_at, now)
                 return
             self._void_speculation(turn)
+        if text and self._refused("transcript", text, self.limits.max_transcript_chars):
+            text = ""
         if not text:
             if self.sm.is_(State.USER_SPEAKING):
                 self.sm.to(State.LISTENING, "no words")
@@ -514,7 +541,8 @@ class PipelineSession:
                     speculative_utterance: int = 0) -> None:
         history = self.conversation.history
         snapshot = (len(history), history[-1].content if history else None)
-        if not (self._last_turn_unanswered() and self.conversation.append_to_last_user(user_text)):
+        if not (self._last_turn_unanswered() and self._fits_merged(user_text)
+                and self.conversation.append_to_last_user(user_text)):
             self.conversation.add(Message("user", user_text))
         self._prewarmed_text = ""
         turn = Turn(next(self._turn_ids), user_text, speech_end_at, endpoint_at, final_at,
@@ -525,6 +553,13 @@ class PipelineSession:
         if not turn.speculative:
             self.sm.to(State.THINKING, "caller finished")
         self._generate(turn)
+
+    def _fits_merged(self, user_text: str) -> bool:
+        """Unanswered turns merge into one user message only while it stays within the turn limits, so
+        a caller who keeps talking over an unfinished answer cannot grow one message without bound."""
+        merged = f"{self.conversation.history[-1].content} {user_text}"
+        max_chars = min(self.limits.max_user_text_chars, self.limits.max_transcript_chars)
+        return not user_turn_problem("turn", merged, max_chars, self.conversation.max_history_tokens)
 
     def _last_turn_unanswered(self) -> bool:
         """The previous user message got no answer (its turn was cancelled before any audio)."""

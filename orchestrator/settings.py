@@ -24,6 +24,10 @@ class Settings(ServerSettings):
     backend_token: str = Field("", description="Bearer token the orchestrator presents to its backends.")
     connect_timeout_s: float = Field(5.0, gt=0, description="How long opening a backend stream may take.")
     dns_refresh_s: float = Field(5.0, gt=0, description="How often dns: backends are re-resolved.")
+    health_check_interval_s: float = Field(
+        2.0, gt=0, description="How often the gRPC health of every backend replica is checked. The orchestrator "
+        "is SERVING only while each pipeline stage (stt, llm, tts) has a SERVING replica; health names "
+        "`voxgrid.v1.Agent/<stage>` tell which stage is missing.")
     default_system_prompt: str = Field(
         "You are a helpful voice assistant. Answer in one or two short spoken sentences, without lists or "
         "markdown.", description="Persona used when a session sets none.")
@@ -43,3 +47,22 @@ class Settings(ServerSettings):
         True, description="Start the answer on STT's speculative preview (the caller fell silent, the endpoint "
         "has not fired yet) and release its audio at the endpoint; wasted LLM/TTS work when the caller resumes.")
     reconnect_attempts: int = Field(2, ge=0, description="Times a session re-opens a lost backend stage.")
+    # Bounds on what one caller can make the LLM work through (orchestrator/limits.py).
+    max_user_text_chars: int = Field(
+        4000, ge=1, description="Longest typed user turn (ConverseRequest.text), characters; a longer one is "
+        "refused in-band (SessionNotice INVALID_ARGUMENT, stage `input`) and the call goes on.")
+    max_transcript_chars: int = Field(
+        4000, ge=1, description="Longest utterance transcript answered as one turn, characters; a longer one is "
+        "refused in-band like a long typed turn.")
+    max_tool_result_chars: int = Field(
+        2000, ge=1, description="Longest tool result put in the context, characters; the rest is cut and a "
+        "`[tool result truncated: ...]` marker says so.")
+    control_per_s: float = Field(
+        5.0, gt=0, description="Control and text messages one session may send per second (token bucket); "
+        "more are refused in-band, one by one.")
+    control_burst: int = Field(20, ge=1, description="Control and text messages one session may send at once.")
+    text_chars_per_s: float = Field(
+        400.0, gt=0, description="Typed characters one session may send per second (token bucket).")
+    text_chars_burst: int = Field(
+        8000, ge=1, description="Typed characters one session may send at once; keep it at least "
+        "max_user_text_chars so the largest allowed turn passes.")

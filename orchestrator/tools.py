@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 
 from voxgrid.orchestrator.knowledge import KnowledgeBase
+from voxgrid.orchestrator.limits import bound_tool_result
 
 from voxgrid.v1 import agent_pb2, audio_pb2
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-MAX_RESULT_CHARS = 2000
 
 
 @dataclass
@@ -30,9 +30,11 @@ class ToolResult:
 
 
 class ToolRunner:
-    def __init__(self, tools: list[agent_pb2.AgentTool], knowledge: dict[str, KnowledgeBase]) -> None:
+    def __init__(self, tools: list[agent_pb2.AgentTool], knowledge: dict[str, KnowledgeBase],
+                 max_result_chars: int) -> None:
         self.tools = {t.schema.name: t for t in tools}
         self.knowledge = knowledge
+        self.max_result_chars = max_result_chars
 
     @staticmethod
     def validate(tools: list[agent_pb2.AgentTool], knowledge: dict[str, KnowledgeBase]) -> None:
@@ -101,7 +103,7 @@ class ToolRunner:
                     text = self._lookup(tool.knowledge_collection, str(args.get("query", "")))
                 else:
                     text = await self._http(tool.http_url, args)
-            return ToolResult(text[:MAX_RESULT_CHARS], True, time.monotonic() - start)
+            return ToolResult(bound_tool_result(text, self.max_result_chars), True, time.monotonic() - start)
         except TimeoutError:
             return ToolResult(f"error: {call.name} did not answer in time", False, time.monotonic() - start)
         except Exception as exc:

@@ -11,10 +11,11 @@ from voxgrid.processes import ServiceProcess
 
 
 class Stack:
-    def __init__(self, replicas: dict[str, int] | None = None, orchestrator_env: dict[str, str] | None = None) -> None:
+    def __init__(self, replicas: dict[str, int] | None = None, orchestrator_env: dict[str, str] | None = None,
+                 backend_env: dict[str, str] | None = None) -> None:
         self.replicas = replicas or {"stt": 1, "llm": 1, "tts": 1}
         self.backends: dict[str, list[ServiceProcess]] = {
-            name: [ServiceProcess(name) for _ in range(n)] for name, n in self.replicas.items()}
+            name: [ServiceProcess(name, env=backend_env) for _ in range(n)] for name, n in self.replicas.items()}
         env = {f"VOXGRID_ORCHESTRATOR_{name.upper()}_BACKENDS": "static:" + ",".join(p.target for p in procs)
                for name, procs in self.backends.items()}
         self.orchestrator = ServiceProcess("orchestrator", env={**env, **(orchestrator_env or {})})

@@ -12,6 +12,7 @@ import itertools
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -123,14 +124,90 @@ def echo_reply(messages, tools):
     return f"You said {last.content}. That is interesting, tell me more about it."
 
 
+def prompt_tokens(messages: list[llm_pb2.ChatMessage]) -> int:
+    """About 4 characters per token, as the orchestrator's context budget counts them."""
+    return sum(len(m.content) // 4 + 4 for m in messages)
+
+
+@dataclass
+class _Job:
+    prefill_left: int
+    pieces: deque
+    out: asyncio.Queue
+
+
+class FakeEngine:
+    """One step loop shared by every stream of a FakeLlm, shaped like the transformers engine's worker:
+    each step reads one prompt chunk of one request (round-robin) at `s_per_prompt_token` per token, then
+    decodes one piece for every request past its prompt in `step_s` (batched: the cost does not grow with
+    the batch). `chunk_tokens=0` reads a whole prompt in one step, the way an engine without chunked
+    prefill does. The costs are simulated, so a test measures the scheduling, not a model."""
+
+    def __init__(self, s_per_prompt_token: float, step_s: float, chunk_tokens: int) -> None:
+        self.s_per_prompt_token = s_per_prompt_token
+        self.step_s = step_s
+        self.chunk_tokens = chunk_tokens
+        self._jobs: list[_Job] = []
+        self._turn = 0
+        self._task: asyncio.Task | None = None
+
+    async def run(self, tokens: int, pieces: list) -> AsyncIterator:
+        """The pieces of one answer, each when the step loop decodes it."""
+        job = _Job(tokens, deque(pieces), asyncio.Queue())
+        self._jobs.append(job)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop())
+        try:
+            while True:
+                piece = await job.out.get()
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    async def _loop(self) -> None:
+        while self._jobs:
+            reading = [j for j in self._jobs if j.prefill_left > 0]
+            if reading:
+                self._turn %= len(reading)
+                job = reading[self._turn]
+                self._turn += 1
+                n = job.prefill_left if self.chunk_tokens == 0 else min(self.chunk_tokens, job.prefill_left)
+                await asyncio.sleep(n * self.s_per_prompt_token)
+                job.prefill_left -= n
+            decoding = [j for j in self._jobs if j.prefill_left == 0]
+            if decoding:
+                await asyncio.sleep(self.step_s)
+                for job in decoding:
+                    job.out.put_nowait(job.pieces.popleft() if job.pieces else None)
+                    if not job.pieces:
+                        job.out.put_nowait(None)
+                        self._jobs.remove(job)
+
+
 class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
-    def __init__(self, reply: Reply = echo_reply, token_delay_s: float = 0.0, ttft_s: float = 0.0) -> None:
+    def __init__(self, reply: Reply = echo_reply, token_delay_s: float = 0.0, ttft_s: float = 0.0,
+                 engine: FakeEngine | None = None) -> None:
         self.reply = reply
         self.token_delay_s = token_delay_s
         self.ttft_s = ttft_s
+        self.engine = engine  # when set, answers come from its shared step loop (simulated prefill cost)
         self.requests: list[llm_pb2.GenerateRequest] = []
         self.prewarms = 0
         self.cancels = 0
+
+    async def _pieces(self, req: llm_pb2.GenerateRequest, pieces: list) -> AsyncIterator:
+        if self.engine is not None:
+            async for piece in self.engine.run(prompt_tokens(list(req.messages)), pieces):
+                yield piece
+            return
+        await asyncio.sleep(self.ttft_s)
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(self.token_delay_s)
+            yield piece
 
     async def Chat(self, request_iterator, context):
         await read_config(request_iterator, context)
@@ -141,16 +218,15 @@ class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
         async def generate(req: llm_pb2.GenerateRequest) -> None:
             try:
                 reply = self.reply(list(req.messages), list(req.tools))
-                await asyncio.sleep(self.ttft_s)
                 if isinstance(reply, audio_pb2.ToolCall):
-                    out.put(llm_pb2.ChatResponse(request_id=req.request_id, tool_call=reply))
+                    async for call in self._pieces(req, [reply]):
+                        out.put(llm_pb2.ChatResponse(request_id=req.request_id, tool_call=call))
                     reason = llm_pb2.FINISH_REASON_TOOL_CALLS
                 else:
-                    for i, word in enumerate(reply.split(" ")):
-                        if i:
-                            await asyncio.sleep(self.token_delay_s)
+                    words = [(" " if i else "") + word for i, word in enumerate(reply.split(" "))]
+                    async for word in self._pieces(req, words):
                         out.put(llm_pb2.ChatResponse(request_id=req.request_id,
-                                                     delta=llm_pb2.TextDelta(text=(" " if i else "") + word)))
+                                                     delta=llm_pb2.TextDelta(text=word)))
                     reason = llm_pb2.FINISH_REASON_STOP
                 out.put(llm_pb2.ChatResponse(request_id=req.request_id,
                                              done=llm_pb2.GenerationDone(finish_reason=reason)))

@@ -609,7 +609,11 @@ class SessionNotice(_message.Message):
     """A gRPC status code number of the underlying problem."""
     message: _builtins.str
     stage: _builtins.str
-    """Which stage: "stt", "llm", "tts", "duplex", "tool:<name>"."""
+    """Which stage: "stt", "llm", "tts", "duplex", "tool:<name>", or "input": one of the caller's own
+    messages was refused and dropped, the call goes on (a turn over the orchestrator's size limits or
+    the session's context budget: INVALID_ARGUMENT; control/text messages faster than the session's
+    rate limits: RESOURCE_EXHAUSTED). The message says the limit and what to do.
+    """
     def __init__(
         self,
         *,
