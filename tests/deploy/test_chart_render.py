@@ -180,7 +180,8 @@ def test_profiles_pin_gpu_models(rendered: dict[str, list[dict[str, Any]]]) -> N
 @pytest.mark.parametrize("case", list(CASES))
 def test_probes_are_native_grpc_health(rendered: dict[str, list[dict[str, Any]]], case: str) -> None:
     """gRPC services: native gRPC health probes (liveness on `voxgrid.liveness`). The gateway is HTTP:
-    /healthz (alive) and /readyz (an orchestrator is known and the pod is not draining) on its 8080 port, HTTPS when TLS is on."""
+    /healthz (alive) and /readyz (an orchestrator is known and the pod is not draining) on its 8080 port,
+    HTTPS when TLS is on."""
     tls = any(o["kind"] == "Deployment" and "tls" in {v["name"] for v in o["spec"]["template"]["spec"]["volumes"]}
               for o in rendered[case])
     for svc, d in deployments(rendered[case]).items():

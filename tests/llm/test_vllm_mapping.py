@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +20,13 @@ from voxgrid.services.llm.engines.base import (
     ToolCallEvent,
     ToolSpec,
 )
-from voxgrid.services.llm.engines.vllm_engine import OutputMapper, engine_args, sampling_args
+from voxgrid.services.llm.engines.vllm_engine import (
+    OutputMapper,
+    adapter_mismatch,
+    cpu_environment,
+    engine_args,
+    sampling_args,
+)
 
 from tests.llm.conftest import llm_settings
 
@@ -132,3 +140,65 @@ async def test_vllm_engine_generates_prewarms_and_cancels() -> None:
         assert engine.running == 0
     finally:
         await engine.stop()
+
+
+def test_engine_args_on_cpu_size_the_kv_cache_and_carry_the_scheduler_budget() -> None:
+    settings = llm_settings(engine="vllm", model="Qwen/Qwen2.5-0.5B-Instruct", cpu_kv_cache_gib=0.5, block_size=32,
+                            max_num_batched_tokens=256, long_prefill_token_threshold=64)
+    args = engine_args(settings, cpu=True)
+    assert args["kv_cache_memory_bytes"] == 2**29 and args["block_size"] == 32
+    assert args["max_num_batched_tokens"] == 256 and args["long_prefill_token_threshold"] == 64
+    on_gpu = engine_args(settings)
+    assert "kv_cache_memory_bytes" not in on_gpu and on_gpu["block_size"] == 32
+    assert not {"block_size", "max_num_batched_tokens", "long_prefill_token_threshold"} & set(
+        engine_args(llm_settings(engine="vllm", model="Qwen/Qwen2.5-0.5B-Instruct")))
+
+
+def test_cpu_environment_binds_threads_and_preloads_the_openmp_runtime(tmp_path: Path) -> None:
+    default = cpu_environment(llm_settings(engine="vllm"))
+    assert default == {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libiomp5.so").write_bytes(b"")
+    tuned = cpu_environment(llm_settings(engine="vllm", cpu_omp_threads_bind="0-1", cpu_reserved_cores=0,
+                                         cpu_openmp="iomp"), prefix=str(tmp_path))
+    assert tuned["VLLM_CPU_OMP_THREADS_BIND"] == "0-1" and tuned["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert tuned["LD_PRELOAD"].split(":")[0] == str(tmp_path / "lib" / "libiomp5.so")
+    with pytest.raises(RuntimeError, match="intel-openmp"):
+        cpu_environment(llm_settings(engine="vllm", cpu_openmp="iomp"), prefix=str(tmp_path / "elsewhere"))
+
+
+def write_adapter(folder: Path, shapes: dict[str, tuple[int, int]], rank: int = 8) -> str:
+    """A PEFT-layout adapter folder with zero tensors of the given shapes (only shapes are read)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "base_model_name_or_path": "some/base"}))
+    save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(folder / "adapter_model.safetensors"))
+    return str(folder)
+
+
+TINY = SimpleNamespace(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128,
+                       num_hidden_layers=2)
+PREFIX = "base_model.model.model.layers"
+
+
+def test_adapter_mismatch_accepts_an_adapter_of_the_served_shape(tmp_path: Path) -> None:
+    fits = write_adapter(tmp_path / "fits", {
+        f"{PREFIX}.1.self_attn.q_proj.lora_A.weight": (8, 64), f"{PREFIX}.1.self_attn.q_proj.lora_B.weight": (64, 8),
+        f"{PREFIX}.0.self_attn.v_proj.lora_B.weight": (32, 8), f"{PREFIX}.0.mlp.down_proj.lora_A.weight": (8, 128),
+    })
+    assert adapter_mismatch(fits, TINY, max_rank=16) is None
+
+
+def test_adapter_mismatch_says_why_an_adapter_cannot_serve(tmp_path: Path) -> None:
+    wide = write_adapter(tmp_path / "wide", {f"{PREFIX}.0.self_attn.q_proj.lora_A.weight": (8, 96)})
+    assert adapter_mismatch(wide, TINY, 16) == (
+        "its `q_proj` input size is 96, the served model's is 64 (it was made for some/base)")
+    deep = write_adapter(tmp_path / "deep", {f"{PREFIX}.7.self_attn.q_proj.lora_A.weight": (8, 64)})
+    assert "layer 7" in (adapter_mismatch(deep, TINY, 16) or "")
+    gpt2 = write_adapter(tmp_path / "gpt2", {"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight": (8, 64)})
+    assert "`c_attn`" in (adapter_mismatch(gpt2, TINY, 16) or "")
+    big = write_adapter(tmp_path / "big", {f"{PREFIX}.0.self_attn.q_proj.lora_A.weight": (64, 64)}, rank=64)
+    assert "max_lora_rank 16" in (adapter_mismatch(big, TINY, 16) or "")
+    assert "not a PEFT LoRA adapter" in (adapter_mismatch(str(tmp_path), TINY, 16) or "")

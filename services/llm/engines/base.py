@@ -21,6 +21,7 @@ ROLES = ("system", "user", "assistant", "tool")
 INVALID_ARGUMENT = 3
 NOT_FOUND = 5
 RESOURCE_EXHAUSTED = 8
+FAILED_PRECONDITION = 9
 INTERNAL = 13
 
 
@@ -226,6 +227,16 @@ class LlmEngine(abc.ABC):
     def adapters(self) -> tuple[str, ...]:
         """LoRA adapter names this engine serves."""
         return ()
+
+    def check_adapter(self, name: str) -> None:
+        """Raise `RequestError` when a stream may not use adapter `name` (empty = the base model).
+
+        Checked at the stream's config, before any work, so a bad adapter never reaches the model.
+        """
+        if name and name not in self.adapters():
+            offered = ", ".join(self.adapters()) or "none"
+            raise RequestError(INVALID_ARGUMENT, f"adapter {name!r} is not served here (adapters: {offered}); "
+                               "leave `adapter` empty for the base model")
 
     @property
     def running(self) -> int:

