@@ -7,6 +7,10 @@ shared machine it is noisy). Run it in the duplex venv (deploy/duplex-env.sh):
 
     PYTHONPATH=. .venv-duplex/bin/python benchmarks/bench_duplex.py                     # small random, CPU
     python benchmarks/bench_duplex.py --model random-7b --batches 1,8,16,32,64 --device cuda  # 7B arch, bf16
+    make bench-gpu                                          # the same in .venv-gpu-duplex (CUDA torch)
+
+On CUDA the steps run moshi's compiled paths (torch.compile and CUDA graphs, as a deployment does): the
+warm-up steps before timing include the compilation. On CPU the engine turns compilation off.
 
 `random-small` is a tiny random LM with the full-size Mimi: on CPU Mimi dominates. `random-7b` is the real
 Moshi 7B architecture with random bf16 weights: its step time is the real model's (weights don't change
@@ -16,15 +20,15 @@ the arithmetic). The stock moshi server serves one conversation per process.
 from __future__ import annotations
 
 import argparse
-import os
+import gc
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 import numpy as np
+import torch
 from voxgrid.services.duplex.engines.moshi_engine import MoshiBatchModel
 from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
 
@@ -46,6 +50,9 @@ def measure(model_name: str, batch: int, steps: int, device: str) -> list[float]
         model.step(pcm, active)  # returns host arrays: the step is complete (synchronised) here
         times.append(1000 * (time.perf_counter() - t0))
     del model
+    gc.collect()  # the next batch size loads a fresh model: free this one's GPU memory first
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return times
 
 
@@ -56,8 +63,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25, help="timed steps per batch size")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-
-    import torch
 
     budget_ms = 80.0
     rows = []

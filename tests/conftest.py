@@ -7,22 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voxgrid.gpu import GpuReport, detect_gpus
 from voxgrid.speech import FliteMissing, synthesize
 
+# Asked of the driver, not of torch: the main venv's torch is the CPU build even on a GPU host.
+GPUS: GpuReport = detect_gpus()
 
-def cuda_available() -> bool:
-    try:
-        import torch
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"gpu: {GPUS.reason}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if cuda_available():
+    if GPUS.found:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU ({GPUS.reason}); on a GPU host: make test-gpu")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

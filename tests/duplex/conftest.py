@@ -13,11 +13,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 from voxgrid.services.duplex.engines.moshi_engine import MoshiBatchModel
 from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
 from voxgrid.services.duplex.slot_scheduler import DuplexFrame, SlotScheduler, SlotSession
 
-os.environ.setdefault("NO_TORCH_COMPILE", "1")
+# moshi reads NO_TORCH_COMPILE when its modules are imported (each test module's importorskip does), so it
+# is decided here: off where this venv's torch has no CUDA (compiling for CPU costs minutes), on where it
+# has, because the GPU tests exercise moshi's compiled paths and CUDA graphs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 FRAME = 1920
 RATE = 24000

@@ -14,6 +14,7 @@ import pytest
 from voxgrid.services.llm.app import LlmRuntime
 from voxgrid.services.llm.client import ChatStream, assistant, system, user
 
+from tests.llm.conftest import cancel_after_deltas, wait_idle
 from voxgrid.client import channel
 from voxgrid.server.chassis import ServiceServer
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
@@ -29,14 +30,6 @@ ENDLESS = audio_pb2.SamplingParams(temperature=0.0, max_tokens=4000)
 
 def short(n: int = 8) -> audio_pb2.SamplingParams:
     return audio_pb2.SamplingParams(temperature=0.0, max_tokens=n)
-
-
-async def wait_idle(runtime: LlmRuntime) -> None:
-    for _ in range(200):
-        if runtime.engine.running == 0 and runtime.engine.waiting == 0:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"engine still busy: {runtime.engine.running} running, {runtime.engine.waiting} waiting")
 
 
 async def test_list_models_describes_the_served_model(tiny_channel: Any) -> None:
@@ -60,17 +53,7 @@ async def test_cancel_mid_stream_ends_with_cancelled_and_the_stream_goes_on(
     tiny_channel: Any, tiny_server: Server
 ) -> None:
     async with ChatStream(tiny_channel) as chat:
-        queue = chat.start("long", [user("Tell me everything.")], ENDLESS)
-        seen = 0
-
-        def on_response(response: llm_pb2.ChatResponse) -> None:
-            nonlocal seen
-            if response.WhichOneof("event") == "delta":
-                seen += 1
-                if seen == 3:
-                    chat.cancel("long")
-
-        result = await chat.collect(queue, on_response=on_response)
+        result = await cancel_after_deltas(chat, "long", [user("Tell me everything.")], ENDLESS, deltas=3)
         assert result.done is not None and result.done.finish_reason == llm_pb2.FINISH_REASON_CANCELLED
         assert result.done.completion_tokens < 4000
         await wait_idle(tiny_server[1])

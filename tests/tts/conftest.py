@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from voxgrid.services.tts.app import TtsRuntime
+from voxgrid.services.tts.engines.base import TtsEngine
 from voxgrid.services.tts.settings import TtsSettings
 
 from voxgrid.audio import AudioSpec, decode, pcm16_spec
@@ -45,12 +47,18 @@ class TtsServer:
     stub: tts_pb2_grpc.TextToSpeechStub
 
 
-@pytest.fixture
-async def tts(piper_engine) -> AsyncIterator[TtsServer]:  # type: ignore[no-untyped-def]
-    settings = TtsSettings(port=0, worker_threads=1)
-    runtime = TtsRuntime(settings, engine=piper_engine)
+@contextlib.asynccontextmanager
+async def tts_replica(settings: TtsSettings, engine: TtsEngine | None = None) -> AsyncIterator[TtsServer]:
+    """A loopback replica (the settings' engine unless one is given) and a stub connected to it."""
+    runtime = TtsRuntime(settings, engine=engine)
     async with start_server(runtime, settings) as srv, channel(srv.address) as ch:
         yield TtsServer(srv, runtime, tts_pb2_grpc.TextToSpeechStub(ch))
+
+
+@pytest.fixture
+async def tts(piper_engine) -> AsyncIterator[TtsServer]:  # type: ignore[no-untyped-def]
+    async with tts_replica(TtsSettings(port=0, worker_threads=1), piper_engine) as replica:
+        yield replica
 
 
 def text_msg(text: str) -> tts_pb2.SynthesizeRequest:
