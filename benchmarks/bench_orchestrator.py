@@ -5,11 +5,11 @@
   v2v       the real local stack (small CPU models): voice-to-voice p50/p95 and its breakdown by stage over
             spoken questions, and barge-in reaction (caller starts talking over the agent -> agent audio stops).
   neighbour the real local stack: a good caller's voice-to-voice alone and while a neighbour's largest allowed
-            typed turn is read by the same LLM replica, with the LLM's chunked prefill off (0) and on.
+            typed turn is read by the same LLM replica, per prefill chunk size (beside others / alone).
 
     python benchmarks/bench_orchestrator.py overhead [--sessions 1,50,200] [--turns 3]
     python benchmarks/bench_orchestrator.py v2v [--questions 8] [--barge-ins 4]
-    python benchmarks/bench_orchestrator.py neighbour [--chunks 0,16] [--pairs 3]
+    python benchmarks/bench_orchestrator.py neighbour [--chunks 512/512,16/128] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -184,27 +184,32 @@ async def good_turn(stub: agent_pb2_grpc.AgentStub, speech: np.ndarray, neighbou
         return good.record.of("latency")[0].voice_to_voice_ms
 
 
-async def neighbour(chunks: list[int], pairs: int) -> None:
+async def neighbour(chunks: list[tuple[int, int]], pairs: int, settle_s: float) -> None:
     from voxgrid.loadtest.scenarios.stack import Stack
 
     with tempfile.TemporaryDirectory() as tmp:
         speech = flite("What is the capital of France?", Path(tmp) / "q.wav")
     rows = []
-    for chunk in chunks:
-        async with Stack(backend_env={"VOXGRID_LLM_PREFILL_CHUNK_TOKENS": str(chunk)}) as stack:
+    for chunk, solo in chunks:
+        env = {"VOXGRID_LLM_PREFILL_CHUNK_TOKENS": str(chunk), "VOXGRID_LLM_PREFILL_SOLO_CHUNK_TOKENS": str(solo)}
+        async with Stack(backend_env=env) as stack:
             async with channel(stack.orchestrator.target) as ch:
                 stub = agent_pb2_grpc.AgentStub(ch)
                 await good_turn(stub, speech, neighbour=False)  # warm-up
                 alone, beside = [], []
                 for _ in range(pairs):
+                    # The neighbour of the last pair has hung up, but the LLM step in flight for it (one
+                    # prefill chunk) still runs: let it end, so "alone" means alone.
+                    await asyncio.sleep(settle_s)
                     alone.append(await good_turn(stub, speech, neighbour=False))
                     beside.append(await good_turn(stub, speech, neighbour=True))
                     print(f"  chunk {chunk}: alone {alone[-1]:.0f} ms, beside {beside[-1]:.0f} ms", flush=True)
-        rows.append([chunk or "off (whole prompt)", pct(alone, 50), pct(beside, 50),
+        rows.append([f"{chunk or 'whole prompt'} / {solo or 'whole prompt'}", pct(alone, 50), pct(beside, 50),
                      f"{pct(beside, 50) / pct(alone, 50):.2f}x"])
     print(f"\na good caller's voice-to-voice (p50 of {pairs}), alone and while a neighbour's "
           f"{len(NEIGHBOUR_TEXT)}-character typed turn is read by the same LLM replica (real CPU stack, Qwen2.5 0.5B)")
-    print(table(["LLM prefill chunk (tokens)", "alone ms", "beside the neighbour ms", "factor"], rows))
+    print(table(["LLM prefill chunk, beside others / alone (tokens)", "alone ms", "beside the neighbour ms",
+                 "factor"], rows))
 
 
 def main() -> None:
@@ -217,13 +222,17 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--barge-ins", type=int, default=4)
     p = sub.add_parser("neighbour")
-    p.add_argument("--chunks", default="0,16", help="LLM prefill_chunk_tokens values to compare (0 = off)")
+    p.add_argument("--chunks", default="512/512,16/128",
+                   help="LLM prefill chunk sizes to compare, as beside-others/alone tokens (0 = the whole prompt); "
+                   "512/512 is the engine before chunks followed contention, 16/128 today's defaults")
     p.add_argument("--pairs", type=int, default=3, help="alone/beside question pairs per value")
+    p.add_argument("--settle-s", type=float, default=5.0, help="pause before each lone question")
     args = parser.parse_args()
     if args.what == "overhead":
         asyncio.run(overhead([int(s) for s in args.sessions.split(",")], args.turns))
     elif args.what == "neighbour":
-        asyncio.run(neighbour([int(c) for c in args.chunks.split(",")], args.pairs))
+        pairs = [spec.split("/") for spec in args.chunks.split(",")]
+        asyncio.run(neighbour([(int(c), int(s)) for c, s in pairs], args.pairs, args.settle_s))
     else:
         asyncio.run(v2v(args.questions, args.barge_ins))
 

@@ -3,6 +3,7 @@ and a long prompt's prefill no longer holds up a short neighbour's first token (
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -120,5 +121,36 @@ async def test_a_prompt_alone_is_read_in_larger_chunks(tiny_model_path: str) -> 
             async for _ in handle:
                 pass
         assert steps[0] == (16, True), steps[:3]
+    finally:
+        await eng.stop()
+
+
+async def test_a_prewarm_whose_caller_went_away_costs_no_more_steps(tiny_model_path: str) -> None:
+    """A prewarm now spans many worker steps; once the stream that asked for it is gone (its future
+    cancelled), the worker drops it instead of reading the rest of the prompt for nobody."""
+    eng = engine(16)
+    await eng.start()
+    forwards: list[int] = []
+    forward = eng._forward
+
+    def spy(ids: Any, past: Any) -> Any:
+        forwards.append(int(ids.numel()))
+        return forward(ids, past)
+
+    eng._forward = spy  # type: ignore[method-assign]
+    try:
+        with eng._cond:  # queued but not started when its caller gives up (the lock is re-entrant)
+            task = asyncio.create_task(eng.prewarm("gone", LONG))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for _ in range(200):
+            if not eng._prewarms:
+                break
+            await asyncio.sleep(0.01)
+        assert not eng._prewarms and forwards == []
+        # The engine goes on serving, and nothing of the dropped prewarm was cached.
+        _, done = await text_of(eng, request("next", LONG, session="gone"))
+        assert done.cached_prompt_tokens == 0
     finally:
         await eng.stop()

@@ -46,8 +46,10 @@ def test_verdict_judges_growth_per_hour_against_the_limit_only_on_a_long_enough_
 @pytest.mark.asyncio
 async def test_short_soak_samples_every_service_and_leaves_nothing_behind(capsys) -> None:  # type: ignore[no-untyped-def]
     args = build_parser().parse_args([
-        "--duration", "45", "--sample-s", "4", "--sessions", "2", "--turns", "2", "--max-tokens", "12",
-        "--barge-in-rate", "0.5", "--tool-every-s", "10", "--llm-model", "tiny-random-qwen2"])
+        # Every first turn is talked over (rate 1), and answers are long enough to still be playing when
+        # the caller starts: a random rate or a two-word answer left some runs without any barge-in.
+        "--duration", "45", "--sample-s", "4", "--sessions", "2", "--turns", "2", "--max-tokens", "32",
+        "--barge-in-rate", "1", "--tool-every-s", "10", "--llm-model", "tiny-random-qwen2"])
     report = await soak(args)
     print_report(report)
     printed = capsys.readouterr().out

@@ -298,6 +298,9 @@ class TransformersEngine(LlmEngine):
 
     def _prewarm_step(self, job: _PrewarmJob) -> bool:
         """One prompt chunk of a prewarm; True when the job is over (its future is then settled)."""
+        if job.future.cancelled():  # its caller went away (stream closed): stop spending steps on it
+            job.past = None
+            return True
         try:
             if job.ids is None:
                 job.ids = self._encode(job.messages, job.tools, for_generate=False)
