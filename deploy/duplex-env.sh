@@ -24,7 +24,8 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "numpy<2.3" "safetensors>=0.4,<0.8" "huggingface-hub<1.0" einops sentencepiece "sphn<0.3" \
     "aiohttp>=3.10.5,<3.12" tqdm
 # voxgrid core runtime + test tools.
-"${pip[@]}" grpcio grpcio-health-checking grpcio-reflection protobuf prometheus-client pydantic \
+"${pip[@]}" grpcio grpcio-health-checking grpcio-reflection grpcio-status googleapis-common-protos protobuf \
+    prometheus-client pydantic \
     pydantic-settings soxr soundfile "audioop-lts>=0.2; python_version >= '3.13'" \
     pytest pytest-asyncio pytest-timeout
 

@@ -26,10 +26,15 @@ def generate(out_root: Path) -> list[Path]:
     if not protos:
         raise SystemExit(f"no .proto files under {PROTO_ROOT / OUT_PACKAGE}")
     include = str(Path(protoc.__file__).parent / "_proto")
+    # google/rpc/status.proto (SessionNotice.status) ships in googleapis-common-protos, next to its stubs.
+    from google.rpc import status_pb2
+
+    googleapis = str(Path(status_pb2.__file__).parent.parent.parent)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
+        f"-I{googleapis}",
         f"--python_out={out_root}",
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 
+from voxgrid import errors
+from voxgrid.errors import Reason
 from voxgrid.metrics import ServiceMetrics
 from voxgrid.server.admission import Admission
 
@@ -24,11 +26,25 @@ log = logging.getLogger("voxgrid.server")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Initial metadata sent when a stream is admitted; its value is the replica's live stream count.
 ADMITTED_HEADER = "voxgrid-admitted"
+# How long a client should wait before retrying a full replica (RetryInfo, and the deprecated trailer).
+FULL_RETRY_AFTER_S = 1.0
 
 
-def _aborting_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
-                      trailing: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that only fails with `code`."""
+class Refusal(NamedTuple):
+    """A status an interceptor answers instead of the handler, with its google.rpc details."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: Reason
+    retry_after_s: float | None = None
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        # RetryInfo says when to retry; the `retry-after-ms` trailer beside it is deprecated (one release).
+        await errors.abort(context, self.code, self.message, reason=self.reason, retry_after_s=self.retry_after_s)
+
+
+def _aborting_handler(handler: grpc.RpcMethodHandler, refusal: Refusal) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only fails with the refusal's status."""
 
     async def fail(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if handler.request_streaming:
@@ -36,9 +52,7 @@ def _aborting_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, mes
             # arrives sees its own write fail (INTERNAL) instead of the refusal.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(anext(aiter(request)), 1.0)
-        if trailing:
-            context.set_trailing_metadata(trailing)
-        await context.abort(code, message)
+        await refusal.abort(context)
 
     kind = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -69,11 +83,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
-            return _aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                     "missing credentials: send metadata `authorization: Bearer <token>`")
+            return _aborting_handler(handler, Refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "missing credentials: send metadata `authorization: Bearer <token>`",
+                Reason.MISSING_CREDENTIALS))
         if scheme.lower() != "bearer" or token.strip() not in tokens:
-            return _aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                                     "invalid bearer token: check the token this deployment issued you")
+            return _aborting_handler(handler, Refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token: check the token this deployment issued you",
+                Reason.INVALID_CREDENTIALS))
         return handler
 
 
@@ -88,14 +104,15 @@ class SessionGate(Admission, grpc.aio.ServerInterceptor):
         self._metrics = metrics
         metrics.session_capacity.set(max_sessions)
 
-    def _refusal(self) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None:
+    def _refusal(self) -> Refusal | None:
         if self.draining:
-            return (grpc.StatusCode.UNAVAILABLE,
-                    f"this {self.service} replica is shutting down: open the stream on another replica", ())
+            return Refusal(grpc.StatusCode.UNAVAILABLE,
+                           f"this {self.service} replica is shutting down: open the stream on another replica",
+                           Reason.REPLICA_DRAINING)
         if self.full:
-            return (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this {self.service} replica is full ({self.active}/{self.max_sessions} streams): "
-                    "retry on another replica or later", (("retry-after-ms", "1000"),))
+            return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"this {self.service} replica is full ({self.active}/{self.max_sessions} streams): "
+                           "retry on another replica or later", Reason.REPLICA_FULL, FULL_RETRY_AFTER_S)
         return None
 
     async def intercept_service(
@@ -111,8 +128,8 @@ class SessionGate(Admission, grpc.aio.ServerInterceptor):
             return handler
         refusal = self._refusal()
         if refusal is not None:
-            self._metrics.errors.labels(refusal[0].name).inc()
-            return _aborting_handler(handler, *refusal)
+            self._metrics.errors.labels(refusal.code.name).inc()
+            return _aborting_handler(handler, refusal)
         return grpc.stream_stream_rpc_method_handler(
             self._admitted(handler.stream_stream, details.method),
             request_deserializer=handler.request_deserializer,
@@ -141,10 +158,8 @@ class SessionGate(Admission, grpc.aio.ServerInterceptor):
             # Re-check at start: the handler lookup and the call can interleave with other admissions.
             refusal = gate._refusal()
             if refusal is not None:
-                gate._metrics.errors.labels(refusal[0].name).inc()
-                if refusal[2]:
-                    context.set_trailing_metadata(refusal[2])
-                await context.abort(refusal[0], refusal[1])
+                gate._metrics.errors.labels(refusal.code.name).inc()
+                await refusal.abort(context)
             gate.enter()
             started = time.monotonic()
             released = False
@@ -176,8 +191,8 @@ class SessionGate(Admission, grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 log.exception("%s failed", method)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL,
+                await errors.abort(
+                    context, grpc.StatusCode.INTERNAL,
                     f"internal error in the {gate.service} service ({type(exc).__name__}: {exc}); "
                     "this stream was closed, other streams are unaffected",
                 )

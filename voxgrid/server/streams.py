@@ -14,30 +14,43 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 
+from voxgrid import errors
+from voxgrid.errors import Reason
 from voxgrid.logs import bind_session
 
 T = TypeVar("T")
 _CLOSED = object()
 
-__all__ = ["Outbox", "StreamError", "abort", "bind_session", "pump", "read_config"]
+__all__ = ["Outbox", "StreamError", "abort", "bind_session", "invalid", "pump", "read_config"]
 
 
 class StreamError(Exception):
-    """Ends the stream with this status; the message must tell the client what to change."""
+    """Ends the stream with this status; the message must tell the client what to change.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    `reason`, `field` and `retry_after_s` become the status's google.rpc details (voxgrid.errors).
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, reason: Reason | str | None = None,
+                 field: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        await abort(context, self.code, self.message, reason=self.reason, field=self.field,
+                    retry_after_s=self.retry_after_s)
 
 
-def invalid(message: str) -> StreamError:
-    return StreamError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def invalid(message: str, field: str | None = None, reason: Reason | str | None = None) -> StreamError:
+    return StreamError(grpc.StatusCode.INVALID_ARGUMENT, message, reason=reason, field=field)
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable")  # context.abort always raises
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, **details: Any) -> NoReturn:
+    """End the RPC with a status and its google.rpc details (`reason`, `field`, `retry_after_s`: voxgrid.errors)."""
+    await errors.abort(context, code, message, **details)
 
 
 async def read_config(
@@ -48,14 +61,14 @@ async def read_config(
         first = await anext(aiter(request_iterator))
     except StopAsyncIteration:
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                    f"stream closed before its first message: send a `{field}` message first")
+                    f"stream closed before its first message: send a `{field}` message first", field=field)
     oneof = first.DESCRIPTOR.oneofs[0].name
     which = first.WhichOneof(oneof)
     if which != field:
         await abort(
             context, grpc.StatusCode.INVALID_ARGUMENT,
             f"the first message must carry `{field}`, got `{which or 'an empty message'}`: "
-            f"send the {field} first, then the stream's data",
+            f"send the {field} first, then the stream's data", field=field,
         )
     return getattr(first, field)
 
@@ -118,7 +131,7 @@ async def pump(
         async for item in outbox:
             yield item
     except StreamError as err:
-        await abort(context, err.code, err.message)
+        await err.abort(context)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

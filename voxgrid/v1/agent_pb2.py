@@ -22,51 +22,87 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from voxgrid.v1 import audio_pb2 as voxgrid_dot_v1_dot_audio__pb2
 from voxgrid.v1 import stt_pb2 as voxgrid_dot_v1_dot_stt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voxgrid/v1/agent.proto\x12\nvoxgrid.v1\x1a\x16voxgrid/v1/audio.proto\x1a\x14voxgrid/v1/stt.proto\"\xc5\x01\n\x0f\x43onverseRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.voxgrid.v1.SessionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12+\n\x07\x63ontrol\x18\x04 \x01(\x0b\x32\x18.voxgrid.v1.AgentControlH\x00\x12,\n\x08playback\x18\x05 \x01(\x0b\x32\x18.voxgrid.v1.PlaybackMarkH\x00\x42\t\n\x07request\"\xab\x04\n\rSessionConfig\x12#\n\x04mode\x18\x01 \x01(\x0e\x32\x15.voxgrid.v1.AgentMode\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\x12\r\n\x05voice\x18\x05 \x01(\t\x12\x10\n\x08language\x18\x06 \x01(\t\x12-\n\x0cinput_format\x18\x07 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12.\n\routput_format\x18\x08 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12$\n\x05tools\x18\t \x03(\x0b\x32\x15.voxgrid.v1.AgentTool\x12,\n\x08sampling\x18\n \x01(\x0b\x32\x1a.voxgrid.v1.SamplingParams\x12\x31\n\x0bturn_taking\x18\x0b \x01(\x0b\x32\x1c.voxgrid.v1.TurnTakingConfig\x12*\n\x07\x63ontext\x18\x0c \x01(\x0b\x32\x19.voxgrid.v1.ContextConfig\x12\x10\n\x08greeting\x18\r \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x0e \x01(\t\x12/\n\nedge_audio\x18\x0f \x01(\x0b\x32\x1b.voxgrid.v1.EdgeAudioConfig\x12\x32\n\x0b\x65ndpointing\x18\x10 \x01(\x0b\x32\x1d.voxgrid.v1.EndpointingConfig\"\xaf\x01\n\tAgentTool\x12&\n\x06schema\x18\x01 \x01(\x0b\x32\x16.voxgrid.v1.ToolSchema\x12\x12\n\x08http_url\x18\x02 \x01(\tH\x00\x12\x1e\n\x14knowledge_collection\x18\x03 \x01(\tH\x00\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0e\n\x06\x66iller\x18\x05 \x01(\t\x12\x17\n\x0f\x66iller_after_ms\x18\x06 \x01(\rB\t\n\x07\x62\x61\x63kend\"\x89\x01\n\x10TurnTakingConfig\x12\x1e\n\x16min_interruption_words\x18\x01 \x01(\r\x12\x1b\n\x13min_interruption_ms\x18\x02 \x01(\r\x12 \n\x13\x61llow_interruptions\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_allow_interruptions\"F\n\rContextConfig\x12\x1a\n\x12max_history_tokens\x18\x01 \x01(\r\x12\x19\n\x11summarize_evicted\x18\x02 \x01(\x08\"G\n\x0f\x45\x64geAudioConfig\x12\x19\n\x11noise_suppression\x18\x01 \x01(\x08\x12\x19\n\x11\x65\x63ho_cancellation\x18\x02 \x01(\x08\"\x87\x01\n\x0c\x41gentControl\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.voxgrid.v1.AgentControl.Action\"F\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_INTERRUPT\x10\x01\x12\x0e\n\nACTION_END\x10\x02\"2\n\x0cPlaybackMark\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x11\n\tplayed_ms\x18\x02 \x01(\r\"\xb0\x02\n\x10\x43onverseResponse\x12\x31\n\x0fuser_transcript\x18\x01 \x01(\x0b\x32\x16.voxgrid.v1.TranscriptH\x00\x12+\n\nagent_text\x18\x02 \x01(\x0b\x32\x15.voxgrid.v1.AgentTextH\x00\x12-\n\x0b\x61gent_audio\x18\x03 \x01(\x0b\x32\x16.voxgrid.v1.AgentAudioH\x00\x12+\n\nturn_event\x18\x04 \x01(\x0b\x32\x15.voxgrid.v1.TurnEventH\x00\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x17.voxgrid.v1.TurnLatencyH\x00\x12+\n\x06notice\x18\x06 \x01(\x0b\x32\x19.voxgrid.v1.SessionNoticeH\x00\x42\x07\n\x05\x65vent\"*\n\tAgentText\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"j\n\nAgentAudio\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61udio_offset_ms\x18\x03 \x01(\r\x12$\n\x04mark\x18\x04 \x01(\x0b\x32\x16.voxgrid.v1.SpeechMark\"\x85\x03\n\tTurnEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.voxgrid.v1.TurnEvent.Kind\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12\x17\n\x0f\x61udio_offset_ms\x18\x03 \x01(\r\x12\x12\n\nheard_text\x18\x04 \x01(\t\x12\x11\n\ttool_name\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\"\xed\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aKIND_USER_STARTED_SPEAKING\x10\x01\x12\x1e\n\x1aKIND_USER_STOPPED_SPEAKING\x10\x02\x12\x1f\n\x1bKIND_AGENT_STARTED_SPEAKING\x10\x03\x12\x1f\n\x1bKIND_AGENT_STOPPED_SPEAKING\x10\x04\x12\x14\n\x10KIND_INTERRUPTED\x10\x05\x12\x1a\n\x16KIND_TOOL_CALL_STARTED\x10\x06\x12\x1b\n\x17KIND_TOOL_CALL_FINISHED\x10\x07\"\x96\x02\n\x0bTurnLatency\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x19\n\x11voice_to_voice_ms\x18\x02 \x01(\x01\x12\x1b\n\x13stt_finalization_ms\x18\x03 \x01(\x01\x12\"\n\x1allm_time_to_first_token_ms\x18\x04 \x01(\x01\x12\"\n\x1atts_time_to_first_audio_ms\x18\x05 \x01(\x01\x12!\n\x19orchestration_overhead_ms\x18\x06 \x01(\x01\x12\x0f\n\x07tool_ms\x18\x07 \x01(\x01\x12\x13\n\x0binterrupted\x18\x08 \x01(\x08\x12\x18\n\x10\x65ndpoint_wait_ms\x18\t \x01(\x01\x12\x13\n\x0bspeculative\x18\n \x01(\x08\"=\n\rSessionNotice\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t*n\n\tAgentMode\x12\x1a\n\x16\x41GENT_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_MODE_PIPELINE\x10\x01\x12\x15\n\x11\x41GENT_MODE_DUPLEX\x10\x02\x12\x15\n\x11\x41GENT_MODE_HYBRID\x10\x03\x32R\n\x05\x41gent\x12I\n\x08\x43onverse\x12\x1b.voxgrid.v1.ConverseRequest\x1a\x1c.voxgrid.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voxgrid/v1/agent.proto\x12\nvoxgrid.v1\x1a google/protobuf/field_mask.proto\x1a\x17google/rpc/status.proto\x1a\x16voxgrid/v1/audio.proto\x1a\x14voxgrid/v1/stt.proto\"\xc8\x02\n\x0f\x43onverseRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.voxgrid.v1.SessionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12+\n\x07\x63ontrol\x18\x04 \x01(\x0b\x32\x18.voxgrid.v1.AgentControlH\x00\x12,\n\x08playback\x18\x05 \x01(\x0b\x32\x18.voxgrid.v1.PlaybackMarkH\x00\x12+\n\x06update\x18\n \x01(\x0b\x32\x19.voxgrid.v1.UpdateSessionH\x00\x12\"\n\x03say\x18\x0b \x01(\x0b\x32\x13.voxgrid.v1.SayTextH\x00\x12\x30\n\x0b\x61\x64\x64_message\x18\x0c \x01(\x0b\x32\x19.voxgrid.v1.UpdateContextH\x00\x42\t\n\x07request\"k\n\rUpdateSession\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.voxgrid.v1.SessionConfig\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"E\n\x07SayText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\rinterruptible\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x10\n\x0e_interruptible\"+\n\rUpdateContext\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xca\x05\n\rSessionConfig\x12#\n\x04mode\x18\x01 \x01(\x0e\x32\x15.voxgrid.v1.AgentMode\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x1a\n\rsystem_prompt\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05voice\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08language\x18\x06 \x01(\tH\x02\x88\x01\x01\x12-\n\x0cinput_format\x18\x07 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12.\n\routput_format\x18\x08 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12$\n\x05tools\x18\t \x03(\x0b\x32\x15.voxgrid.v1.AgentTool\x12,\n\x08sampling\x18\n \x01(\x0b\x32\x1a.voxgrid.v1.SamplingParams\x12\x31\n\x0bturn_taking\x18\x0b \x01(\x0b\x32\x1c.voxgrid.v1.TurnTakingConfig\x12*\n\x07\x63ontext\x18\x0c \x01(\x0b\x32\x19.voxgrid.v1.ContextConfig\x12\x15\n\x08greeting\x18\r \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07\x61\x64\x61pter\x18\x0e \x01(\tH\x04\x88\x01\x01\x12/\n\nedge_audio\x18\x0f \x01(\x0b\x32\x1b.voxgrid.v1.EdgeAudioConfig\x12\x32\n\x0b\x65ndpointing\x18\x10 \x01(\x0b\x32\x1d.voxgrid.v1.EndpointingConfig\x12\x12\n\x05speed\x18\x14 \x01(\x02H\x05\x88\x01\x01\x12$\n\x04idle\x18\x1e \x01(\x0b\x32\x16.voxgrid.v1.IdleConfigB\x10\n\x0e_system_promptB\x08\n\x06_voiceB\x0b\n\t_languageB\x0b\n\t_greetingB\n\n\x08_adapterB\x08\n\x06_speed\"Z\n\nIdleConfig\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x10\n\x08reprompt\x18\x02 \x01(\t\x12\x15\n\rmax_reprompts\x18\x03 \x01(\r\x12\x0f\n\x07goodbye\x18\x04 \x01(\t\"\xaf\x01\n\tAgentTool\x12&\n\x06schema\x18\x01 \x01(\x0b\x32\x16.voxgrid.v1.ToolSchema\x12\x12\n\x08http_url\x18\x02 \x01(\tH\x00\x12\x1e\n\x14knowledge_collection\x18\x03 \x01(\tH\x00\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0e\n\x06\x66iller\x18\x05 \x01(\t\x12\x17\n\x0f\x66iller_after_ms\x18\x06 \x01(\rB\t\n\x07\x62\x61\x63kend\"\xcb\x01\n\x10TurnTakingConfig\x12\x1e\n\x16min_interruption_words\x18\x01 \x01(\r\x12\x1b\n\x13min_interruption_ms\x18\x02 \x01(\r\x12 \n\x13\x61llow_interruptions\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\necho_check\x18\n \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x10\x65\x63ho_match_ratio\x18\x0b \x01(\x02\x42\x16\n\x14_allow_interruptionsB\r\n\x0b_echo_check\"F\n\rContextConfig\x12\x1a\n\x12max_history_tokens\x18\x01 \x01(\r\x12\x19\n\x11summarize_evicted\x18\x02 \x01(\x08\"\xad\x02\n\x0f\x45\x64geAudioConfig\x12\x19\n\x11noise_suppression\x18\x01 \x01(\x08\x12\x19\n\x11\x65\x63ho_cancellation\x18\x02 \x01(\x08\x12\x14\n\x0c\x65\x63ho_tail_ms\x18\x0f \x01(\r\x12\x45\n\x10noise_suppressor\x18\n \x01(\x0e\x32+.voxgrid.v1.EdgeAudioConfig.NoiseSuppressor\"\x86\x01\n\x0fNoiseSuppressor\x12\x1c\n\x18NOISE_SUPPRESSOR_DEFAULT\x10\x00\x12\x1a\n\x16NOISE_SUPPRESSOR_SPEEX\x10\x01\x12\x1b\n\x17NOISE_SUPPRESSOR_WEBRTC\x10\x02\x12\x1c\n\x18NOISE_SUPPRESSOR_RNNOISE\x10\x03\"\x87\x01\n\x0c\x41gentControl\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.voxgrid.v1.AgentControl.Action\"F\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_INTERRUPT\x10\x01\x12\x0e\n\nACTION_END\x10\x02\"2\n\x0cPlaybackMark\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x11\n\tplayed_ms\x18\x02 \x01(\r\"\xe8\x03\n\x10\x43onverseResponse\x12\x31\n\x0fuser_transcript\x18\x01 \x01(\x0b\x32\x16.voxgrid.v1.TranscriptH\x00\x12+\n\nagent_text\x18\x02 \x01(\x0b\x32\x15.voxgrid.v1.AgentTextH\x00\x12-\n\x0b\x61gent_audio\x18\x03 \x01(\x0b\x32\x16.voxgrid.v1.AgentAudioH\x00\x12+\n\nturn_event\x18\x04 \x01(\x0b\x32\x15.voxgrid.v1.TurnEventH\x00\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x17.voxgrid.v1.TurnLatencyH\x00\x12+\n\x06notice\x18\x06 \x01(\x0b\x32\x19.voxgrid.v1.SessionNoticeH\x00\x12\x35\n\x0fsession_started\x18\n \x01(\x0b\x32\x1a.voxgrid.v1.SessionStartedH\x00\x12,\n\x07updated\x18\x0f \x01(\x0b\x32\x19.voxgrid.v1.UpdateAppliedH\x00\x12(\n\x05usage\x18\x10 \x01(\x0b\x32\x17.voxgrid.v1.UsageReportH\x00\x12\'\n\x04idle\x18\x11 \x01(\x0b\x32\x17.voxgrid.v1.IdleTimeoutH\x00\x42\x07\n\x05\x65vent\"W\n\rUpdateApplied\x12\r\n\x05paths\x18\x01 \x03(\t\x12)\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.voxgrid.v1.SessionConfig\x12\x0c\n\x04kept\x18\x03 \x03(\t\"0\n\x0bIdleTimeout\x12\x11\n\treprompts\x18\x01 \x01(\r\x12\x0e\n\x06\x65nding\x18\x02 \x01(\x08\"\xd3\x02\n\x0bUsageTotals\x12\x16\n\x0e\x63\x61ller_audio_s\x18\x01 \x01(\x01\x12\x13\n\x0bstt_audio_s\x18\x02 \x01(\x01\x12\x1a\n\x12\x61gent_audio_sent_s\x18\x03 \x01(\x01\x12\x1c\n\x14\x61gent_audio_played_s\x18\x04 \x01(\x01\x12\x14\n\x0cllm_requests\x18\x05 \x01(\r\x12\x19\n\x11llm_prompt_tokens\x18\x06 \x01(\r\x12 \n\x18llm_cached_prompt_tokens\x18\x07 \x01(\r\x12\x19\n\x11llm_output_tokens\x18\x08 \x01(\r\x12\x16\n\x0etts_characters\x18\t \x01(\r\x12\x12\n\ntool_calls\x18\n \x01(\r\x12\x0e\n\x06tool_s\x18\x0b \x01(\x01\x12\x10\n\x08\x64uplex_s\x18\x0c \x01(\x01\x12\x12\n\nduration_s\x18\r \x01(\x01\x12\r\n\x05turns\x18\x0e \x01(\r\"U\n\x0bUsageReport\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.voxgrid.v1.UsageTotals\"O\n\tAgentText\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\n \x01(\x08\x12\x11\n\tfull_text\x18\x0b \x01(\t\"j\n\nAgentAudio\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61udio_offset_ms\x18\x03 \x01(\r\x12$\n\x04mark\x18\x04 \x01(\x0b\x32\x16.voxgrid.v1.SpeechMark\"\xe4\x03\n\tTurnEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.voxgrid.v1.TurnEvent.Kind\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12\x17\n\x0f\x61udio_offset_ms\x18\x03 \x01(\r\x12\x12\n\nheard_text\x18\x04 \x01(\t\x12\x11\n\ttool_name\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12,\n\ttool_call\x18\n \x01(\x0b\x32\x19.voxgrid.v1.AgentToolCall\x12/\n\rsession_state\x18\x0b \x01(\x0e\x32\x18.voxgrid.v1.SessionState\"\xed\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aKIND_USER_STARTED_SPEAKING\x10\x01\x12\x1e\n\x1aKIND_USER_STOPPED_SPEAKING\x10\x02\x12\x1f\n\x1bKIND_AGENT_STARTED_SPEAKING\x10\x03\x12\x1f\n\x1bKIND_AGENT_STOPPED_SPEAKING\x10\x04\x12\x14\n\x10KIND_INTERRUPTED\x10\x05\x12\x1a\n\x16KIND_TOOL_CALL_STARTED\x10\x06\x12\x1b\n\x17KIND_TOOL_CALL_FINISHED\x10\x07\"\xd4\x05\n\x0bTurnLatency\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x19\n\x11voice_to_voice_ms\x18\x02 \x01(\x01\x12\x1b\n\x13stt_finalization_ms\x18\x03 \x01(\x01\x12\"\n\x1allm_time_to_first_token_ms\x18\x04 \x01(\x01\x12\"\n\x1atts_time_to_first_audio_ms\x18\x05 \x01(\x01\x12!\n\x19orchestration_overhead_ms\x18\x06 \x01(\x01\x12\x0f\n\x07tool_ms\x18\x07 \x01(\x01\x12\x13\n\x0binterrupted\x18\x08 \x01(\x08\x12\x18\n\x10\x65ndpoint_wait_ms\x18\t \x01(\x01\x12\x13\n\x0bspeculative\x18\n \x01(\x08\x12/\n\rendpoint_mode\x18\x14 \x01(\x0e\x32\x18.voxgrid.v1.EndpointMode\x12\x37\n\x12\x65nd_of_turn_reason\x18\x15 \x01(\x0e\x32\x1b.voxgrid.v1.EndOfTurnReason\x12$\n\x17\x65nd_of_turn_probability\x18\x16 \x01(\x02H\x00\x88\x01\x01\x12#\n\x04mode\x18\x19 \x01(\x0e\x32\x15.voxgrid.v1.AgentMode\x12,\n\rcritical_path\x18\x1a \x03(\x0e\x32\x15.voxgrid.v1.TurnStage\x12\x13\n\x0bllm_audio_s\x18\x1b \x01(\x01\x12\x1a\n\rtranscript_ms\x18\x1c \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10\x65\x63ho_cancelled_s\x18( \x01(\x01\x12 \n\x13\x65\x63ho_attenuation_db\x18) \x01(\x02H\x02\x88\x01\x01\x12&\n\x1einterruptions_rejected_as_echo\x18* \x01(\rB\x1a\n\x18_end_of_turn_probabilityB\x10\n\x0e_transcript_msB\x16\n\x14_echo_attenuation_db\"\xa1\x01\n\rSessionNotice\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\"\n\x06status\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\nstage_kind\x18\x0b \x01(\x0e\x32\x17.voxgrid.v1.NoticeStage\x12\x11\n\ttool_name\x18\x0c \x01(\t\"\x8e\x01\n\rAgentToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\"p\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.voxgrid.v1.SessionConfig\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"\x15\n\x13ListProfilesRequest\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.voxgrid.v1.ProfileSummary\x12\x17\n\x0f\x64\x65\x66\x61ult_profile\x18\x02 \x01(\t\"\x8a\x01\n\x0eProfileSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.voxgrid.v1.AgentMode\x12\x10\n\x08language\x18\x04 \x01(\t\x12\r\n\x05voice\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x06 \x01(\t*n\n\tAgentMode\x12\x1a\n\x16\x41GENT_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_MODE_PIPELINE\x10\x01\x12\x15\n\x11\x41GENT_MODE_DUPLEX\x10\x02\x12\x15\n\x11\x41GENT_MODE_HYBRID\x10\x03*\x9f\x01\n\tTurnStage\x12\x1a\n\x16TURN_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13TURN_STAGE_ENDPOINT\x10\x01\x12\x1f\n\x1bTURN_STAGE_STT_FINALIZATION\x10\x02\x12\x12\n\x0eTURN_STAGE_LLM\x10\x03\x12\x14\n\x10TURN_STAGE_TOOLS\x10\x04\x12\x12\n\x0eTURN_STAGE_TTS\x10\x05*\xe9\x01\n\x0bNoticeStage\x12\x1c\n\x18NOTICE_STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10NOTICE_STAGE_STT\x10\x01\x12\x14\n\x10NOTICE_STAGE_LLM\x10\x02\x12\x14\n\x10NOTICE_STAGE_TTS\x10\x03\x12\x17\n\x13NOTICE_STAGE_DUPLEX\x10\x04\x12\x15\n\x11NOTICE_STAGE_TOOL\x10\x05\x12\x16\n\x12NOTICE_STAGE_INPUT\x10\x06\x12\x18\n\x14NOTICE_STAGE_CONTROL\x10\x07\x12\x18\n\x14NOTICE_STAGE_SESSION\x10\x08*\x81\x02\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SESSION_STATE_LISTENING\x10\x01\x12\x1f\n\x1bSESSION_STATE_USER_SPEAKING\x10\x02\x12\x1a\n\x16SESSION_STATE_THINKING\x10\x03\x12\x1e\n\x1aSESSION_STATE_CALLING_TOOL\x10\x04\x12 \n\x1cSESSION_STATE_AGENT_SPEAKING\x10\x05\x12\x1d\n\x19SESSION_STATE_INTERRUPTED\x10\x06\x12\x17\n\x13SESSION_STATE_ENDED\x10\x07\x32\xa5\x01\n\x05\x41gent\x12I\n\x08\x43onverse\x12\x1b.voxgrid.v1.ConverseRequest\x1a\x1c.voxgrid.v1.ConverseResponse(\x01\x30\x01\x12Q\n\x0cListProfiles\x12\x1f.voxgrid.v1.ListProfilesRequest\x1a .voxgrid.v1.ListProfilesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voxgrid.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTMODE']._serialized_start=2690
-  _globals['_AGENTMODE']._serialized_end=2800
-  _globals['_CONVERSEREQUEST']._serialized_start=85
-  _globals['_CONVERSEREQUEST']._serialized_end=282
-  _globals['_SESSIONCONFIG']._serialized_start=285
-  _globals['_SESSIONCONFIG']._serialized_end=840
-  _globals['_AGENTTOOL']._serialized_start=843
-  _globals['_AGENTTOOL']._serialized_end=1018
-  _globals['_TURNTAKINGCONFIG']._serialized_start=1021
-  _globals['_TURNTAKINGCONFIG']._serialized_end=1158
-  _globals['_CONTEXTCONFIG']._serialized_start=1160
-  _globals['_CONTEXTCONFIG']._serialized_end=1230
-  _globals['_EDGEAUDIOCONFIG']._serialized_start=1232
-  _globals['_EDGEAUDIOCONFIG']._serialized_end=1303
-  _globals['_AGENTCONTROL']._serialized_start=1306
-  _globals['_AGENTCONTROL']._serialized_end=1441
-  _globals['_AGENTCONTROL_ACTION']._serialized_start=1371
-  _globals['_AGENTCONTROL_ACTION']._serialized_end=1441
-  _globals['_PLAYBACKMARK']._serialized_start=1443
-  _globals['_PLAYBACKMARK']._serialized_end=1493
-  _globals['_CONVERSERESPONSE']._serialized_start=1496
-  _globals['_CONVERSERESPONSE']._serialized_end=1800
-  _globals['_AGENTTEXT']._serialized_start=1802
-  _globals['_AGENTTEXT']._serialized_end=1844
-  _globals['_AGENTAUDIO']._serialized_start=1846
-  _globals['_AGENTAUDIO']._serialized_end=1952
-  _globals['_TURNEVENT']._serialized_start=1955
-  _globals['_TURNEVENT']._serialized_end=2344
-  _globals['_TURNEVENT_KIND']._serialized_start=2107
-  _globals['_TURNEVENT_KIND']._serialized_end=2344
-  _globals['_TURNLATENCY']._serialized_start=2347
-  _globals['_TURNLATENCY']._serialized_end=2625
-  _globals['_SESSIONNOTICE']._serialized_start=2627
-  _globals['_SESSIONNOTICE']._serialized_end=2688
-  _globals['_AGENT']._serialized_start=2802
-  _globals['_AGENT']._serialized_end=2884
+  _globals['_AGENTMODE']._serialized_start=5602
+  _globals['_AGENTMODE']._serialized_end=5712
+  _globals['_TURNSTAGE']._serialized_start=5715
+  _globals['_TURNSTAGE']._serialized_end=5874
+  _globals['_NOTICESTAGE']._serialized_start=5877
+  _globals['_NOTICESTAGE']._serialized_end=6110
+  _globals['_SESSIONSTATE']._serialized_start=6113
+  _globals['_SESSIONSTATE']._serialized_end=6370
+  _globals['_CONVERSEREQUEST']._serialized_start=144
+  _globals['_CONVERSEREQUEST']._serialized_end=472
+  _globals['_UPDATESESSION']._serialized_start=474
+  _globals['_UPDATESESSION']._serialized_end=581
+  _globals['_SAYTEXT']._serialized_start=583
+  _globals['_SAYTEXT']._serialized_end=652
+  _globals['_UPDATECONTEXT']._serialized_start=654
+  _globals['_UPDATECONTEXT']._serialized_end=697
+  _globals['_SESSIONCONFIG']._serialized_start=700
+  _globals['_SESSIONCONFIG']._serialized_end=1414
+  _globals['_IDLECONFIG']._serialized_start=1416
+  _globals['_IDLECONFIG']._serialized_end=1506
+  _globals['_AGENTTOOL']._serialized_start=1509
+  _globals['_AGENTTOOL']._serialized_end=1684
+  _globals['_TURNTAKINGCONFIG']._serialized_start=1687
+  _globals['_TURNTAKINGCONFIG']._serialized_end=1890
+  _globals['_CONTEXTCONFIG']._serialized_start=1892
+  _globals['_CONTEXTCONFIG']._serialized_end=1962
+  _globals['_EDGEAUDIOCONFIG']._serialized_start=1965
+  _globals['_EDGEAUDIOCONFIG']._serialized_end=2266
+  _globals['_EDGEAUDIOCONFIG_NOISESUPPRESSOR']._serialized_start=2132
+  _globals['_EDGEAUDIOCONFIG_NOISESUPPRESSOR']._serialized_end=2266
+  _globals['_AGENTCONTROL']._serialized_start=2269
+  _globals['_AGENTCONTROL']._serialized_end=2404
+  _globals['_AGENTCONTROL_ACTION']._serialized_start=2334
+  _globals['_AGENTCONTROL_ACTION']._serialized_end=2404
+  _globals['_PLAYBACKMARK']._serialized_start=2406
+  _globals['_PLAYBACKMARK']._serialized_end=2456
+  _globals['_CONVERSERESPONSE']._serialized_start=2459
+  _globals['_CONVERSERESPONSE']._serialized_end=2947
+  _globals['_UPDATEAPPLIED']._serialized_start=2949
+  _globals['_UPDATEAPPLIED']._serialized_end=3036
+  _globals['_IDLETIMEOUT']._serialized_start=3038
+  _globals['_IDLETIMEOUT']._serialized_end=3086
+  _globals['_USAGETOTALS']._serialized_start=3089
+  _globals['_USAGETOTALS']._serialized_end=3428
+  _globals['_USAGEREPORT']._serialized_start=3430
+  _globals['_USAGEREPORT']._serialized_end=3515
+  _globals['_AGENTTEXT']._serialized_start=3517
+  _globals['_AGENTTEXT']._serialized_end=3596
+  _globals['_AGENTAUDIO']._serialized_start=3598
+  _globals['_AGENTAUDIO']._serialized_end=3704
+  _globals['_TURNEVENT']._serialized_start=3707
+  _globals['_TURNEVENT']._serialized_end=4191
+  _globals['_TURNEVENT_KIND']._serialized_start=3954
+  _globals['_TURNEVENT_KIND']._serialized_end=4191
+  _globals['_TURNLATENCY']._serialized_start=4194
+  _globals['_TURNLATENCY']._serialized_end=4918
+  _globals['_SESSIONNOTICE']._serialized_start=4921
+  _globals['_SESSIONNOTICE']._serialized_end=5082
+  _globals['_AGENTTOOLCALL']._serialized_start=5085
+  _globals['_AGENTTOOLCALL']._serialized_end=5227
+  _globals['_SESSIONSTARTED']._serialized_start=5229
+  _globals['_SESSIONSTARTED']._serialized_end=5341
+  _globals['_LISTPROFILESREQUEST']._serialized_start=5343
+  _globals['_LISTPROFILESREQUEST']._serialized_end=5364
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=5366
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=5459
+  _globals['_PROFILESUMMARY']._serialized_start=5462
+  _globals['_PROFILESUMMARY']._serialized_end=5600
+  _globals['_AGENT']._serialized_start=6373
+  _globals['_AGENT']._serialized_end=6538
 # @@protoc_insertion_point(module_scope)

@@ -5,9 +5,11 @@ The voice agent: the one endpoint an application calls. One Converse stream is o
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from voxgrid.v1 import audio_pb2 as _audio_pb2
 from voxgrid.v1 import stt_pb2 as _stt_pb2
 import builtins as _builtins
@@ -33,7 +35,10 @@ class _AgentModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentMode.V
     AGENT_MODE_DUPLEX: _AgentMode.ValueType  # 2
     """Relay to the full-duplex speech-to-speech service (Moshi)."""
     AGENT_MODE_HYBRID: _AgentMode.ValueType  # 3
-    """VAD decides the turn; the utterance's audio goes straight to a speech-in LLM; TTS speaks."""
+    """STT's VAD + endpointing decides the turn; the utterance's audio goes straight to a speech-in LLM;
+    TTS speaks. STT's transcript reaches the client and the history in parallel, off the critical path.
+    Needs an LLM whose ListModels entry has accepts_audio (else FAILED_PRECONDITION at session start).
+    """
 
 class AgentMode(_AgentMode, metaclass=_AgentModeEnumTypeWrapper): ...
 
@@ -43,8 +48,120 @@ AGENT_MODE_PIPELINE: AgentMode.ValueType  # 1
 AGENT_MODE_DUPLEX: AgentMode.ValueType  # 2
 """Relay to the full-duplex speech-to-speech service (Moshi)."""
 AGENT_MODE_HYBRID: AgentMode.ValueType  # 3
-"""VAD decides the turn; the utterance's audio goes straight to a speech-in LLM; TTS speaks."""
+"""STT's VAD + endpointing decides the turn; the utterance's audio goes straight to a speech-in LLM;
+TTS speaks. STT's transcript reaches the client and the history in parallel, off the critical path.
+Needs an LLM whose ListModels entry has accepts_audio (else FAILED_PRECONDITION at session start).
+"""
 Global___AgentMode: _TypeAlias = AgentMode  # noqa: Y015
+
+class _TurnStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TurnStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TurnStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TURN_STAGE_UNSPECIFIED: _TurnStage.ValueType  # 0
+    TURN_STAGE_ENDPOINT: _TurnStage.ValueType  # 1
+    """The silence the endpointer waited for (STT's VAD, or its semantic turn model)."""
+    TURN_STAGE_STT_FINALIZATION: _TurnStage.ValueType  # 2
+    """The endpoint to the final transcript."""
+    TURN_STAGE_LLM: _TurnStage.ValueType  # 3
+    """The LLM's time to first token (from text in pipeline mode, from the caller's audio in hybrid)."""
+    TURN_STAGE_TOOLS: _TurnStage.ValueType  # 4
+    """Tool calls before the first audio."""
+    TURN_STAGE_TTS: _TurnStage.ValueType  # 5
+    """The first text sent to TTS to its first audio."""
+
+class TurnStage(_TurnStage, metaclass=_TurnStageEnumTypeWrapper):
+    """A stage of a turn's voice-to-voice path (TurnLatency.critical_path)."""
+
+TURN_STAGE_UNSPECIFIED: TurnStage.ValueType  # 0
+TURN_STAGE_ENDPOINT: TurnStage.ValueType  # 1
+"""The silence the endpointer waited for (STT's VAD, or its semantic turn model)."""
+TURN_STAGE_STT_FINALIZATION: TurnStage.ValueType  # 2
+"""The endpoint to the final transcript."""
+TURN_STAGE_LLM: TurnStage.ValueType  # 3
+"""The LLM's time to first token (from text in pipeline mode, from the caller's audio in hybrid)."""
+TURN_STAGE_TOOLS: TurnStage.ValueType  # 4
+"""Tool calls before the first audio."""
+TURN_STAGE_TTS: TurnStage.ValueType  # 5
+"""The first text sent to TTS to its first audio."""
+Global___TurnStage: _TypeAlias = TurnStage  # noqa: Y015
+
+class _NoticeStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_STAGE_UNSPECIFIED: _NoticeStage.ValueType  # 0
+    NOTICE_STAGE_STT: _NoticeStage.ValueType  # 1
+    NOTICE_STAGE_LLM: _NoticeStage.ValueType  # 2
+    NOTICE_STAGE_TTS: _NoticeStage.ValueType  # 3
+    NOTICE_STAGE_DUPLEX: _NoticeStage.ValueType  # 4
+    NOTICE_STAGE_TOOL: _NoticeStage.ValueType  # 5
+    """A tool failed or timed out (`tool_name` says which); the agent said it could not get the answer."""
+    NOTICE_STAGE_INPUT: _NoticeStage.ValueType  # 6
+    """One of the caller's own messages was refused and dropped (size, context budget, rate limit)."""
+    NOTICE_STAGE_CONTROL: _NoticeStage.ValueType  # 7
+    """A live-control message (update, say, add_message) was refused; the call goes on."""
+    NOTICE_STAGE_SESSION: _NoticeStage.ValueType  # 8
+    """The orchestrator itself."""
+
+class NoticeStage(_NoticeStage, metaclass=_NoticeStageEnumTypeWrapper): ...
+
+NOTICE_STAGE_UNSPECIFIED: NoticeStage.ValueType  # 0
+NOTICE_STAGE_STT: NoticeStage.ValueType  # 1
+NOTICE_STAGE_LLM: NoticeStage.ValueType  # 2
+NOTICE_STAGE_TTS: NoticeStage.ValueType  # 3
+NOTICE_STAGE_DUPLEX: NoticeStage.ValueType  # 4
+NOTICE_STAGE_TOOL: NoticeStage.ValueType  # 5
+"""A tool failed or timed out (`tool_name` says which); the agent said it could not get the answer."""
+NOTICE_STAGE_INPUT: NoticeStage.ValueType  # 6
+"""One of the caller's own messages was refused and dropped (size, context budget, rate limit)."""
+NOTICE_STAGE_CONTROL: NoticeStage.ValueType  # 7
+"""A live-control message (update, say, add_message) was refused; the call goes on."""
+NOTICE_STAGE_SESSION: NoticeStage.ValueType  # 8
+"""The orchestrator itself."""
+Global___NoticeStage: _TypeAlias = NoticeStage  # noqa: Y015
+
+class _SessionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_STATE_UNSPECIFIED: _SessionState.ValueType  # 0
+    SESSION_STATE_LISTENING: _SessionState.ValueType  # 1
+    """Waiting for the caller."""
+    SESSION_STATE_USER_SPEAKING: _SessionState.ValueType  # 2
+    """VAD hears the caller."""
+    SESSION_STATE_THINKING: _SessionState.ValueType  # 3
+    """The caller finished; the LLM is writing, no agent audio yet."""
+    SESSION_STATE_CALLING_TOOL: _SessionState.ValueType  # 4
+    """A tool runs for the current turn."""
+    SESSION_STATE_AGENT_SPEAKING: _SessionState.ValueType  # 5
+    SESSION_STATE_INTERRUPTED: _SessionState.ValueType  # 6
+    """The caller cut the agent off (passes to USER_SPEAKING at once)."""
+    SESSION_STATE_ENDED: _SessionState.ValueType  # 7
+
+class SessionState(_SessionState, metaclass=_SessionStateEnumTypeWrapper):
+    """The session's state machine (orchestrator/state.py); TurnEvent.session_state."""
+
+SESSION_STATE_UNSPECIFIED: SessionState.ValueType  # 0
+SESSION_STATE_LISTENING: SessionState.ValueType  # 1
+"""Waiting for the caller."""
+SESSION_STATE_USER_SPEAKING: SessionState.ValueType  # 2
+"""VAD hears the caller."""
+SESSION_STATE_THINKING: SessionState.ValueType  # 3
+"""The caller finished; the LLM is writing, no agent audio yet."""
+SESSION_STATE_CALLING_TOOL: SessionState.ValueType  # 4
+"""A tool runs for the current turn."""
+SESSION_STATE_AGENT_SPEAKING: SessionState.ValueType  # 5
+SESSION_STATE_INTERRUPTED: SessionState.ValueType  # 6
+"""The caller cut the agent off (passes to USER_SPEAKING at once)."""
+SESSION_STATE_ENDED: SessionState.ValueType  # 7
+Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
 
 @_typing.final
 class ConverseRequest(_message.Message):
@@ -55,6 +172,9 @@ class ConverseRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     CONTROL_FIELD_NUMBER: _builtins.int
     PLAYBACK_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    SAY_FIELD_NUMBER: _builtins.int
+    ADD_MESSAGE_FIELD_NUMBER: _builtins.int
     audio: _builtins.bytes
     """Caller audio in `config.input_format`: a whole number of samples."""
     text: _builtins.str
@@ -69,6 +189,23 @@ class ConverseRequest(_message.Message):
     def playback(self) -> Global___PlaybackMark:
         """What the client has played so far of the agent's audio."""
 
+    @_builtins.property
+    def update(self) -> Global___UpdateSession:
+        """Live control (PIPELINE mode; a DUPLEX session refuses them in-stream). Each is answered on its own:
+        accepted (`update`: an `updated` response) or refused by a `notice` (NOTICE_STAGE_CONTROL, with a
+        BadRequest naming the field where one is at fault); a refusal never ends the call. They share the
+        session's control rate limit with `control` and `text`.
+        Change the session's configuration mid-call (persona, tools, sampling, turn taking, idle, profile).
+        """
+
+    @_builtins.property
+    def say(self) -> Global___SayText:
+        """Speak this text now (or right after the turn in flight), without the LLM; it joins the history."""
+
+    @_builtins.property
+    def add_message(self) -> Global___UpdateContext:
+        """Add a message to the LLM's context without speaking (e.g. CRM data, a resumed call's history)."""
+
     def __init__(
         self,
         *,
@@ -77,16 +214,119 @@ class ConverseRequest(_message.Message):
         text: _builtins.str = ...,
         control: Global___AgentControl | None = ...,
         playback: Global___PlaybackMark | None = ...,
+        update: Global___UpdateSession | None = ...,
+        say: Global___SayText | None = ...,
+        add_message: Global___UpdateContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "control", b"control", "playback", b"playback", "request", b"request", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_message", b"add_message", "audio", b"audio", "config", b"config", "control", b"control", "playback", b"playback", "request", b"request", "say", b"say", "text", b"text", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "control", b"control", "playback", b"playback", "request", b"request", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_message", b"add_message", "audio", b"audio", "config", b"config", "control", b"control", "playback", b"playback", "request", b"request", "say", b"say", "text", b"text", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "audio", "text", "control", "playback"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "audio", "text", "control", "playback", "update", "say", "add_message"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
 Global___ConverseRequest: _TypeAlias = ConverseRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSession(_message.Message):
+    """ConverseRequest.update: the fields named in `update_mask` are taken from `config` (a named field unset
+    there goes back to its default), the rest stay. Updatable paths: `system_prompt`, `tools`, `sampling`
+    (or `sampling.<field>`), `turn_taking` (or `turn_taking.<field>`), `idle` (or `idle.<field>`), `profile`
+    (switch persona: the named profile's system prompt, tools, sampling, turn taking and idle replace the
+    session's; its voice, speed, adapter, language, endpointing, edge audio and greeting do not change
+    mid-call and are listed in `UpdateApplied.kept`), `voice` and `speed`.
+    When: persona, tools, sampling, turn taking and idle apply at once, to the next LLM request and the next
+    turn-taking decision (an answer already being written keeps what it started with). `voice` and `speed`
+    apply from the next agent turn: a TTS stream with them is opened (an unknown voice is refused listing
+    the voices) and replaces the current one once no turn is in flight; the `updated` answer comes when it
+    is open. `endpointing` is fixed for the call on this version (STT's stream carries the caller's audio
+    without a gap): naming it is refused, as is any other path, an unknown one, an empty mask, a value out
+    of range or a profile of another mode.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def config(self) -> Global___SessionConfig: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def __init__(
+        self,
+        *,
+        config: Global___SessionConfig | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSession: _TypeAlias = UpdateSession  # noqa: Y015
+
+@_typing.final
+class SayText(_message.Message):
+    """ConverseRequest.say."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    INTERRUPTIBLE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Spoken as an agent turn of its own (turn events, audio with marks, a final AgentText); what the
+    caller heard of it joins the history as an assistant message. At most the orchestrator's
+    `max_user_text_chars` characters.
+    """
+    interruptible: _builtins.bool
+    """Unset or true: the caller can barge in (history keeps what was heard). False: caller speech does not
+    cut it (a legal disclaimer); an AgentControl INTERRUPT or typed text still does.
+    """
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        interruptible: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_interruptible", b"_interruptible", "interruptible", b"interruptible"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interruptible", b"_interruptible", "interruptible", b"interruptible", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__interruptible: _TypeAlias = _typing.Literal["interruptible"]  # noqa: Y015
+    _WhichOneofArgType__interruptible: _TypeAlias = _typing.Literal["_interruptible", b"_interruptible"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__interruptible) -> _WhichOneofReturnType__interruptible | None: ...
+
+Global___SayText: _TypeAlias = SayText  # noqa: Y015
+
+@_typing.final
+class UpdateContext(_message.Message):
+    """ConverseRequest.add_message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """"user", "assistant" or "system". A system message is pinned after the persona (never evicted, like
+    it); user and assistant messages join the history (and its token budget) in order.
+    """
+    text: _builtins.str
+    """At most the orchestrator's `max_user_text_chars` characters and the session's context budget."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContext: _TypeAlias = UpdateContext  # noqa: Y015
 
 @_typing.final
 class SessionConfig(_message.Message):
@@ -108,22 +348,51 @@ class SessionConfig(_message.Message):
     ADAPTER_FIELD_NUMBER: _builtins.int
     EDGE_AUDIO_FIELD_NUMBER: _builtins.int
     ENDPOINTING_FIELD_NUMBER: _builtins.int
+    SPEED_FIELD_NUMBER: _builtins.int
+    IDLE_FIELD_NUMBER: _builtins.int
     mode: Global___AgentMode.ValueType
+    """Modes: each field below says which modes honour it. A field set by the client for a mode that
+    cannot honour it is refused with INVALID_ARGUMENT naming it (never silently dropped): DUPLEX honours
+    only mode, profile, session_id, language "en", input_format, output_format and edge_audio.
+    """
     profile: _builtins.str
-    """Named agent profile from the server's settings (persona, adapter, voice, tools, language).
-    Fields set here override the profile's. Empty = no profile.
+    """Named agent profile served by the orchestrator (its `profiles_file`; see ListProfiles): persona,
+    greeting, voice and speed, adapter, tools, language, mode, turn taking, endpointing, edge audio.
+    Fields set here override the profile's: a field with presence (`optional`) overrides when set, even
+    to "" (e.g. greeting "" = no greeting although the profile has one); a message field is merged
+    field by field; `tools`, when any are given, replace the profile's. Empty = no profile (the
+    orchestrator's `default_profile`, if it has one). Unknown = INVALID_ARGUMENT listing the profiles.
     """
     session_id: _builtins.str
     system_prompt: _builtins.str
-    """Persona and behaviour. Pinned at the start of the context window, never evicted."""
+    """Persona and behaviour. Pinned at the start of the context window, never evicted. Unset = the
+    profile's, else the orchestrator's default persona; set to "" = no persona at all.
+    Modes: PIPELINE, HYBRID.
+    """
     voice: _builtins.str
-    """TTS voice name. Empty = the TTS replica's default."""
+    """TTS voice name (ListVoices of the TTS service). Unset = the profile's, else the TTS replica's
+    default; "" = the TTS replica's default. Unknown = INVALID_ARGUMENT listing the voices.
+    Modes: PIPELINE, HYBRID.
+    """
     language: _builtins.str
-    """ISO 639-1; empty = "en"."""
+    """ISO 639-1; empty = "en".
+    Modes: all; DUPLEX only "en".
+    """
     greeting: _builtins.str
-    """Said by the agent when the session starts. Empty = the agent waits for the caller."""
+    """Said by the agent when the session starts. Empty = the agent waits for the caller (set to "" to
+    silence a profile's greeting).
+    Modes: PIPELINE, HYBRID.
+    """
     adapter: _builtins.str
-    """LoRA adapter name on the LLM replicas (agent profiles). Empty = base model."""
+    """LoRA adapter name on the LLM replicas (their `adapters_dir`; ListModels lists them). Empty = base
+    model (set to "" to use the base model under a profile that names an adapter). Unknown =
+    INVALID_ARGUMENT listing the adapters.
+    Modes: PIPELINE, HYBRID.
+    """
+    speed: _builtins.float
+    """Speaking rate of the agent's voice, multiplier. Unset = the profile's, else 1.0. Range [0.5, 2.0].
+    Modes: PIPELINE, HYBRID.
+    """
     @_builtins.property
     def input_format(self) -> _audio_pb2.AudioFormat:
         """Format of the caller's audio. Required."""
@@ -134,21 +403,39 @@ class SessionConfig(_message.Message):
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentTool]:
-        """Tools the agent may use, and how the orchestrator runs each."""
+        """Tools the agent may use, and how the orchestrator runs each.
+        Modes: PIPELINE, HYBRID.
+        """
 
     @_builtins.property
-    def sampling(self) -> _audio_pb2.SamplingParams: ...
+    def sampling(self) -> _audio_pb2.SamplingParams:
+        """Modes: PIPELINE, HYBRID."""
+
     @_builtins.property
-    def turn_taking(self) -> Global___TurnTakingConfig: ...
+    def turn_taking(self) -> Global___TurnTakingConfig:
+        """Modes: PIPELINE, HYBRID."""
+
     @_builtins.property
-    def context(self) -> Global___ContextConfig: ...
+    def context(self) -> Global___ContextConfig:
+        """Modes: PIPELINE, HYBRID."""
+
     @_builtins.property
     def edge_audio(self) -> Global___EdgeAudioConfig:
-        """Audio clean-up where audio enters the session."""
+        """Audio clean-up where audio enters the session.
+        Modes: all.
+        """
 
     @_builtins.property
     def endpointing(self) -> _stt_pb2.EndpointingConfig:
-        """STT endpointing for this session; unset fields take the orchestrator's defaults."""
+        """STT endpointing for this session; unset fields take the orchestrator's defaults.
+        Modes: PIPELINE, HYBRID.
+        """
+
+    @_builtins.property
+    def idle(self) -> Global___IdleConfig:
+        """What the agent does when the caller says nothing (PIPELINE, HYBRID). Unset = wait forever.
+        Modes: PIPELINE, HYBRID.
+        """
 
     def __init__(
         self,
@@ -156,27 +443,90 @@ class SessionConfig(_message.Message):
         mode: Global___AgentMode.ValueType = ...,
         profile: _builtins.str = ...,
         session_id: _builtins.str = ...,
-        system_prompt: _builtins.str = ...,
-        voice: _builtins.str = ...,
-        language: _builtins.str = ...,
+        system_prompt: _builtins.str | None = ...,
+        voice: _builtins.str | None = ...,
+        language: _builtins.str | None = ...,
         input_format: _audio_pb2.AudioFormat | None = ...,
         output_format: _audio_pb2.AudioFormat | None = ...,
         tools: _abc.Iterable[Global___AgentTool] | None = ...,
         sampling: _audio_pb2.SamplingParams | None = ...,
         turn_taking: Global___TurnTakingConfig | None = ...,
         context: Global___ContextConfig | None = ...,
-        greeting: _builtins.str = ...,
-        adapter: _builtins.str = ...,
+        greeting: _builtins.str | None = ...,
+        adapter: _builtins.str | None = ...,
         edge_audio: Global___EdgeAudioConfig | None = ...,
         endpointing: _stt_pb2.EndpointingConfig | None = ...,
+        speed: _builtins.float | None = ...,
+        idle: Global___IdleConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "input_format", b"input_format", "output_format", b"output_format", "sampling", b"sampling", "turn_taking", b"turn_taking"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_adapter", b"_adapter", "_greeting", b"_greeting", "_language", b"_language", "_speed", b"_speed", "_system_prompt", b"_system_prompt", "_voice", b"_voice", "adapter", b"adapter", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "idle", b"idle", "input_format", b"input_format", "language", b"language", "output_format", b"output_format", "sampling", b"sampling", "speed", b"speed", "system_prompt", b"system_prompt", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "input_format", b"input_format", "language", b"language", "mode", b"mode", "output_format", b"output_format", "profile", b"profile", "sampling", b"sampling", "session_id", b"session_id", "system_prompt", b"system_prompt", "tools", b"tools", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adapter", b"_adapter", "_greeting", b"_greeting", "_language", b"_language", "_speed", b"_speed", "_system_prompt", b"_system_prompt", "_voice", b"_voice", "adapter", b"adapter", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "idle", b"idle", "input_format", b"input_format", "language", b"language", "mode", b"mode", "output_format", b"output_format", "profile", b"profile", "sampling", b"sampling", "session_id", b"session_id", "speed", b"speed", "system_prompt", b"system_prompt", "tools", b"tools", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__adapter: _TypeAlias = _typing.Literal["adapter"]  # noqa: Y015
+    _WhichOneofArgType__adapter: _TypeAlias = _typing.Literal["_adapter", b"_adapter"]  # noqa: Y015
+    _WhichOneofReturnType__greeting: _TypeAlias = _typing.Literal["greeting"]  # noqa: Y015
+    _WhichOneofArgType__greeting: _TypeAlias = _typing.Literal["_greeting", b"_greeting"]  # noqa: Y015
+    _WhichOneofReturnType__language: _TypeAlias = _typing.Literal["language"]  # noqa: Y015
+    _WhichOneofArgType__language: _TypeAlias = _typing.Literal["_language", b"_language"]  # noqa: Y015
+    _WhichOneofReturnType__speed: _TypeAlias = _typing.Literal["speed"]  # noqa: Y015
+    _WhichOneofArgType__speed: _TypeAlias = _typing.Literal["_speed", b"_speed"]  # noqa: Y015
+    _WhichOneofReturnType__system_prompt: _TypeAlias = _typing.Literal["system_prompt"]  # noqa: Y015
+    _WhichOneofArgType__system_prompt: _TypeAlias = _typing.Literal["_system_prompt", b"_system_prompt"]  # noqa: Y015
+    _WhichOneofReturnType__voice: _TypeAlias = _typing.Literal["voice"]  # noqa: Y015
+    _WhichOneofArgType__voice: _TypeAlias = _typing.Literal["_voice", b"_voice"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__adapter) -> _WhichOneofReturnType__adapter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__greeting) -> _WhichOneofReturnType__greeting | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__language) -> _WhichOneofReturnType__language | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speed) -> _WhichOneofReturnType__speed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__system_prompt) -> _WhichOneofReturnType__system_prompt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__voice) -> _WhichOneofReturnType__voice | None: ...
+
+Global___SessionConfig: _TypeAlias = SessionConfig  # noqa: Y015
+
+@_typing.final
+class IdleConfig(_message.Message):
+    """No-input handling. The timer runs while the session listens and no agent turn is in flight; caller
+    speech (even without words) or typed text resets it, the agent's own speech pauses it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    REPROMPT_FIELD_NUMBER: _builtins.int
+    MAX_REPROMPTS_FIELD_NUMBER: _builtins.int
+    GOODBYE_FIELD_NUMBER: _builtins.int
+    timeout_ms: _builtins.int
+    """Silence before the agent acts, ms. 0 = off."""
+    reprompt: _builtins.str
+    """Said at each time-out (e.g. "Are you still there?"), up to `max_reprompts` times; empty = none."""
+    max_reprompts: _builtins.int
+    """Reprompts before the call is ended at the next time-out (with `goodbye`). The count starts again
+    when the caller speaks or types.
+    """
+    goodbye: _builtins.str
+    """Said before the agent ends an idle call; empty = end without a word."""
+    def __init__(
+        self,
+        *,
+        timeout_ms: _builtins.int = ...,
+        reprompt: _builtins.str = ...,
+        max_reprompts: _builtins.int = ...,
+        goodbye: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goodbye", b"goodbye", "max_reprompts", b"max_reprompts", "reprompt", b"reprompt", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SessionConfig: _TypeAlias = SessionConfig  # noqa: Y015
+Global___IdleConfig: _TypeAlias = IdleConfig  # noqa: Y015
 
 @_typing.final
 class AgentTool(_message.Message):
@@ -227,6 +577,8 @@ class TurnTakingConfig(_message.Message):
     MIN_INTERRUPTION_WORDS_FIELD_NUMBER: _builtins.int
     MIN_INTERRUPTION_MS_FIELD_NUMBER: _builtins.int
     ALLOW_INTERRUPTIONS_FIELD_NUMBER: _builtins.int
+    ECHO_CHECK_FIELD_NUMBER: _builtins.int
+    ECHO_MATCH_RATIO_FIELD_NUMBER: _builtins.int
     min_interruption_words: _builtins.int
     """Words a user must say over the agent before it counts as an interruption (backchannels such as
     "uh-huh" stay below). 0 = 2.
@@ -235,20 +587,36 @@ class TurnTakingConfig(_message.Message):
     """Speech the user must produce over the agent before it counts as an interruption, ms. 0 = 400."""
     allow_interruptions: _builtins.bool
     """False: the agent cannot be interrupted. Default true (unset)."""
+    echo_check: _builtins.bool
+    """Self-echo check: caller speech over the agent whose transcript matches what the agent was saying at
+    that moment (from the playback marks) is the agent's own voice coming back, not an interruption; an
+    utterance right after the agent stopped that matches its last words is ignored too. Default true (unset).
+    """
+    echo_match_ratio: _builtins.float
+    """Share of the utterance's words (nearly) among the agent's words around that moment for it to count as
+    echo (function words left out), (0, 1]. 0 = 0.6.
+    """
     def __init__(
         self,
         *,
         min_interruption_words: _builtins.int = ...,
         min_interruption_ms: _builtins.int = ...,
         allow_interruptions: _builtins.bool | None = ...,
+        echo_check: _builtins.bool | None = ...,
+        echo_match_ratio: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_interruptions", b"_allow_interruptions", "allow_interruptions", b"allow_interruptions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_interruptions", b"_allow_interruptions", "_echo_check", b"_echo_check", "allow_interruptions", b"allow_interruptions", "echo_check", b"echo_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_interruptions", b"_allow_interruptions", "allow_interruptions", b"allow_interruptions", "min_interruption_ms", b"min_interruption_ms", "min_interruption_words", b"min_interruption_words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_interruptions", b"_allow_interruptions", "_echo_check", b"_echo_check", "allow_interruptions", b"allow_interruptions", "echo_check", b"echo_check", "echo_match_ratio", b"echo_match_ratio", "min_interruption_ms", b"min_interruption_ms", "min_interruption_words", b"min_interruption_words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__allow_interruptions: _TypeAlias = _typing.Literal["allow_interruptions"]  # noqa: Y015
     _WhichOneofArgType__allow_interruptions: _TypeAlias = _typing.Literal["_allow_interruptions", b"_allow_interruptions"]  # noqa: Y015
+    _WhichOneofReturnType__echo_check: _TypeAlias = _typing.Literal["echo_check"]  # noqa: Y015
+    _WhichOneofArgType__echo_check: _TypeAlias = _typing.Literal["_echo_check", b"_echo_check"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_interruptions) -> _WhichOneofReturnType__allow_interruptions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__echo_check) -> _WhichOneofReturnType__echo_check | None: ...
 
 Global___TurnTakingConfig: _TypeAlias = TurnTakingConfig  # noqa: Y015
 
@@ -280,21 +648,67 @@ Global___ContextConfig: _TypeAlias = ContextConfig  # noqa: Y015
 class EdgeAudioConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _NoiseSuppressor:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _NoiseSuppressorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[EdgeAudioConfig._NoiseSuppressor.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        NOISE_SUPPRESSOR_DEFAULT: EdgeAudioConfig._NoiseSuppressor.ValueType  # 0
+        """The orchestrator's default engine (speex) when noise_suppression is on."""
+        NOISE_SUPPRESSOR_SPEEX: EdgeAudioConfig._NoiseSuppressor.ValueType  # 1
+        """speexdsp's spectral suppressor: DSP, any rate, ~0.01 ms per 10 ms frame."""
+        NOISE_SUPPRESSOR_WEBRTC: EdgeAudioConfig._NoiseSuppressor.ValueType  # 2
+        """WebRTC's suppressor (16 kHz inside), also a speech flag; ~0.01 ms per 10 ms frame."""
+        NOISE_SUPPRESSOR_RNNOISE: EdgeAudioConfig._NoiseSuppressor.ValueType  # 3
+        """RNNoise, neural (48 kHz inside), ~0.5 ms per 10 ms frame; needs the voxgrid[edge-neural] extra.
+        Removes competing voices and parts of the caller with them: wrecks recognition on babble.
+        """
+
+    class NoiseSuppressor(_NoiseSuppressor, metaclass=_NoiseSuppressorEnumTypeWrapper):
+        """Noise suppressors (docs/edge-audio.md has each one's measured effect on recognition and cost)."""
+
+    NOISE_SUPPRESSOR_DEFAULT: EdgeAudioConfig.NoiseSuppressor.ValueType  # 0
+    """The orchestrator's default engine (speex) when noise_suppression is on."""
+    NOISE_SUPPRESSOR_SPEEX: EdgeAudioConfig.NoiseSuppressor.ValueType  # 1
+    """speexdsp's spectral suppressor: DSP, any rate, ~0.01 ms per 10 ms frame."""
+    NOISE_SUPPRESSOR_WEBRTC: EdgeAudioConfig.NoiseSuppressor.ValueType  # 2
+    """WebRTC's suppressor (16 kHz inside), also a speech flag; ~0.01 ms per 10 ms frame."""
+    NOISE_SUPPRESSOR_RNNOISE: EdgeAudioConfig.NoiseSuppressor.ValueType  # 3
+    """RNNoise, neural (48 kHz inside), ~0.5 ms per 10 ms frame; needs the voxgrid[edge-neural] extra.
+    Removes competing voices and parts of the caller with them: wrecks recognition on babble.
+    """
+
     NOISE_SUPPRESSION_FIELD_NUMBER: _builtins.int
     ECHO_CANCELLATION_FIELD_NUMBER: _builtins.int
+    ECHO_TAIL_MS_FIELD_NUMBER: _builtins.int
+    NOISE_SUPPRESSOR_FIELD_NUMBER: _builtins.int
     noise_suppression: _builtins.bool
-    """Noise suppression on the caller's audio. Default off: measure it for your lines first."""
+    """Noise suppression on the caller's audio, with `noise_suppressor` (or the default engine).
+    Default off: on competing speech every suppressor measured made recognition worse.
+    """
     echo_cancellation: _builtins.bool
-    """Echo cancellation with the agent's own audio as the far-end reference. Default off."""
+    """Echo cancellation (speexdsp's adaptive filter, then its residual-echo suppressor) on the caller's
+    audio, with the agent's own audio as the far-end reference, aligned by the playout's pacing and the
+    client's playback marks. For clients that do not cancel echo themselves. Default off. Pipeline mode only.
+    """
+    echo_tail_ms: _builtins.int
+    """Longest echo path the canceller models (playback + acoustic + uplink delay), ms. 0 = 300; 50-1000."""
+    noise_suppressor: Global___EdgeAudioConfig.NoiseSuppressor.ValueType
+    """Which suppressor runs when noise_suppression is on. Setting an engine other than DEFAULT does not
+    turn suppression on by itself.
+    """
     def __init__(
         self,
         *,
         noise_suppression: _builtins.bool = ...,
         echo_cancellation: _builtins.bool = ...,
+        echo_tail_ms: _builtins.int = ...,
+        noise_suppressor: Global___EdgeAudioConfig.NoiseSuppressor.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo_cancellation", b"echo_cancellation", "noise_suppression", b"noise_suppression"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo_cancellation", b"echo_cancellation", "echo_tail_ms", b"echo_tail_ms", "noise_suppression", b"noise_suppression", "noise_suppressor", b"noise_suppressor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -372,6 +786,10 @@ class ConverseResponse(_message.Message):
     TURN_EVENT_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    SESSION_STARTED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    IDLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def user_transcript(self) -> _stt_pb2.Transcript:
         """The caller's speech: partials and one final per utterance."""
@@ -390,6 +808,26 @@ class ConverseResponse(_message.Message):
     def notice(self) -> Global___SessionNotice:
         """A non-fatal problem (a tool failed, a stage reconnected); the session goes on."""
 
+    @_builtins.property
+    def session_started(self) -> Global___SessionStarted:
+        """Always the first response of a stream (before any other event): the session id (the one the
+        client sent, or the one the server chose) and the configuration the session actually runs with.
+        """
+
+    @_builtins.property
+    def updated(self) -> Global___UpdateApplied:
+        """The answer to an accepted `update`: what changed and the configuration the session now runs with."""
+
+    @_builtins.property
+    def usage(self) -> Global___UsageReport:
+        """What the session used: after each agent turn (`turn_id` set) and once before the stream ends, also
+        after AgentControl END (`final`, the whole session's totals).
+        """
+
+    @_builtins.property
+    def idle(self) -> Global___IdleTimeout:
+        """The caller was silent for `idle.timeout_ms`: the agent reprompts, or ends the call."""
+
     def __init__(
         self,
         *,
@@ -399,16 +837,189 @@ class ConverseResponse(_message.Message):
         turn_event: Global___TurnEvent | None = ...,
         latency: Global___TurnLatency | None = ...,
         notice: Global___SessionNotice | None = ...,
+        session_started: Global___SessionStarted | None = ...,
+        updated: Global___UpdateApplied | None = ...,
+        usage: Global___UsageReport | None = ...,
+        idle: Global___IdleTimeout | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_audio", b"agent_audio", "agent_text", b"agent_text", "event", b"event", "latency", b"latency", "notice", b"notice", "turn_event", b"turn_event", "user_transcript", b"user_transcript"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_audio", b"agent_audio", "agent_text", b"agent_text", "event", b"event", "idle", b"idle", "latency", b"latency", "notice", b"notice", "session_started", b"session_started", "turn_event", b"turn_event", "updated", b"updated", "usage", b"usage", "user_transcript", b"user_transcript"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_audio", b"agent_audio", "agent_text", b"agent_text", "event", b"event", "latency", b"latency", "notice", b"notice", "turn_event", b"turn_event", "user_transcript", b"user_transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_audio", b"agent_audio", "agent_text", b"agent_text", "event", b"event", "idle", b"idle", "latency", b"latency", "notice", b"notice", "session_started", b"session_started", "turn_event", b"turn_event", "updated", b"updated", "usage", b"usage", "user_transcript", b"user_transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["user_transcript", "agent_text", "agent_audio", "turn_event", "latency", "notice"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["user_transcript", "agent_text", "agent_audio", "turn_event", "latency", "notice", "session_started", "updated", "usage", "idle"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ConverseResponse: _TypeAlias = ConverseResponse  # noqa: Y015
+
+@_typing.final
+class UpdateApplied(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The mask's paths, as applied."""
+
+    @_builtins.property
+    def config(self) -> Global___SessionConfig:
+        """The effective configuration after the update (as in SessionStarted.config)."""
+
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A profile update: the profile's fields that cannot change mid-call and kept the session's value."""
+
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        config: Global___SessionConfig | None = ...,
+        kept: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "kept", b"kept", "paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateApplied: _TypeAlias = UpdateApplied  # noqa: Y015
+
+@_typing.final
+class IdleTimeout(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPROMPTS_FIELD_NUMBER: _builtins.int
+    ENDING_FIELD_NUMBER: _builtins.int
+    reprompts: _builtins.int
+    """Reprompts said so far in this silence, this one included."""
+    ending: _builtins.bool
+    """True: the call ends now (after `goodbye`, if any)."""
+    def __init__(
+        self,
+        *,
+        reprompts: _builtins.int = ...,
+        ending: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ending", b"ending", "reprompts", b"reprompts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdleTimeout: _TypeAlias = IdleTimeout  # noqa: Y015
+
+@_typing.final
+class UsageTotals(_message.Message):
+    """Usage counters (the input of the cost model). Seconds are of audio, not wall-clock, except
+    `duration_s` and `duplex_s`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_AUDIO_S_FIELD_NUMBER: _builtins.int
+    STT_AUDIO_S_FIELD_NUMBER: _builtins.int
+    AGENT_AUDIO_SENT_S_FIELD_NUMBER: _builtins.int
+    AGENT_AUDIO_PLAYED_S_FIELD_NUMBER: _builtins.int
+    LLM_REQUESTS_FIELD_NUMBER: _builtins.int
+    LLM_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    LLM_CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    LLM_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TTS_CHARACTERS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_S_FIELD_NUMBER: _builtins.int
+    DUPLEX_S_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    caller_audio_s: _builtins.float
+    """Caller audio received (in its input format)."""
+    stt_audio_s: _builtins.float
+    """Audio sent to the STT stage (PIPELINE: all caller audio, after the edge)."""
+    agent_audio_sent_s: _builtins.float
+    """Agent audio sent to the client."""
+    agent_audio_played_s: _builtins.float
+    """Agent audio the client reported as played (PlaybackMark; each turn's highest mark, at most what was
+    sent of it). 0 for a client that sends no marks.
+    """
+    llm_requests: _builtins.int
+    """LLM generate requests (answer rounds, tool rounds) and their tokens, as the LLM reported them
+    (GenerationDone; cancelled requests included).
+    """
+    llm_prompt_tokens: _builtins.int
+    llm_cached_prompt_tokens: _builtins.int
+    """Of llm_prompt_tokens, served from the LLM's prefix cache."""
+    llm_output_tokens: _builtins.int
+    tts_characters: _builtins.int
+    """Characters sent to TTS (answers, say, greeting, reprompts, fillers; re-sent text after a TTS
+    replica was replaced counts again: it was synthesised again).
+    """
+    tool_calls: _builtins.int
+    tool_s: _builtins.float
+    """Time tools ran, summed over calls."""
+    duplex_s: _builtins.float
+    """DUPLEX: time the duplex stream was open."""
+    duration_s: _builtins.float
+    """Wall-clock time of the session (session totals) or since the previous report (per turn)."""
+    turns: _builtins.int
+    """Agent turns that ended (answers, say, greeting, reprompts)."""
+    def __init__(
+        self,
+        *,
+        caller_audio_s: _builtins.float = ...,
+        stt_audio_s: _builtins.float = ...,
+        agent_audio_sent_s: _builtins.float = ...,
+        agent_audio_played_s: _builtins.float = ...,
+        llm_requests: _builtins.int = ...,
+        llm_prompt_tokens: _builtins.int = ...,
+        llm_cached_prompt_tokens: _builtins.int = ...,
+        llm_output_tokens: _builtins.int = ...,
+        tts_characters: _builtins.int = ...,
+        tool_calls: _builtins.int = ...,
+        tool_s: _builtins.float = ...,
+        duplex_s: _builtins.float = ...,
+        duration_s: _builtins.float = ...,
+        turns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_audio_played_s", b"agent_audio_played_s", "agent_audio_sent_s", b"agent_audio_sent_s", "caller_audio_s", b"caller_audio_s", "duplex_s", b"duplex_s", "duration_s", b"duration_s", "llm_cached_prompt_tokens", b"llm_cached_prompt_tokens", "llm_output_tokens", b"llm_output_tokens", "llm_prompt_tokens", b"llm_prompt_tokens", "llm_requests", b"llm_requests", "stt_audio_s", b"stt_audio_s", "tool_calls", b"tool_calls", "tool_s", b"tool_s", "tts_characters", b"tts_characters", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageTotals: _TypeAlias = UsageTotals  # noqa: Y015
+
+@_typing.final
+class UsageReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.int
+    """The agent turn that just ended; 0 for the session's totals."""
+    final: _builtins.bool
+    """True on the one report with the session's totals, sent last."""
+    @_builtins.property
+    def usage(self) -> Global___UsageTotals:
+        """Per turn: what was used since the previous report (so the turn reports and the final's remainder
+        add up to the totals exactly); final: the whole session.
+        """
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.int = ...,
+        final: _builtins.bool = ...,
+        usage: Global___UsageTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
 
 @_typing.final
 class AgentText(_message.Message):
@@ -416,17 +1027,31 @@ class AgentText(_message.Message):
 
     TURN_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    IS_FINAL_FIELD_NUMBER: _builtins.int
+    FULL_TEXT_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.int
     text: _builtins.str
+    """A delta: append it to the turn's text so far. Empty on the final message."""
+    is_final: _builtins.bool
+    """False: `text` is a delta. True: the turn is over (played out, or cut off by an interruption), no
+    more text follows for `turn_id`, and `full_text` holds all of it; `text` is then empty, so clients
+    that concatenate deltas stay right. Sent once per turn that had text (PIPELINE mode).
+    """
+    full_text: _builtins.str
+    """The whole text the agent wrote for the turn (final message only). After an interruption the
+    caller heard less: see TurnEvent.heard_text.
+    """
     def __init__(
         self,
         *,
         turn_id: _builtins.int = ...,
         text: _builtins.str = ...,
+        is_final: _builtins.bool = ...,
+        full_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_text", b"full_text", "is_final", b"is_final", "text", b"text", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -506,6 +1131,8 @@ class TurnEvent(_message.Message):
     HEARD_TEXT_FIELD_NUMBER: _builtins.int
     TOOL_NAME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    SESSION_STATE_FIELD_NUMBER: _builtins.int
     kind: Global___TurnEvent.Kind.ValueType
     turn_id: _builtins.int
     audio_offset_ms: _builtins.int
@@ -514,7 +1141,15 @@ class TurnEvent(_message.Message):
     tool_name: _builtins.str
     """Tool events: the tool's name."""
     state: _builtins.str
-    """Session state after the event (listening, user_speaking, thinking, agent_speaking, ...)."""
+    """Deprecated: read `session_state`. Session state after the event (listening, user_speaking,
+    thinking, agent_speaking, ...), kept filled for one release.
+    """
+    session_state: Global___SessionState.ValueType
+    """Session state after the event."""
+    @_builtins.property
+    def tool_call(self) -> Global___AgentToolCall:
+        """Tool events: the call (id, arguments; result or error and duration on KIND_TOOL_CALL_FINISHED)."""
+
     def __init__(
         self,
         *,
@@ -524,10 +1159,12 @@ class TurnEvent(_message.Message):
         heard_text: _builtins.str = ...,
         tool_name: _builtins.str = ...,
         state: _builtins.str = ...,
+        tool_call: Global___AgentToolCall | None = ...,
+        session_state: Global___SessionState.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_offset_ms", b"audio_offset_ms", "heard_text", b"heard_text", "kind", b"kind", "state", b"state", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_offset_ms", b"audio_offset_ms", "heard_text", b"heard_text", "kind", b"kind", "session_state", b"session_state", "state", b"state", "tool_call", b"tool_call", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +1189,16 @@ class TurnLatency(_message.Message):
     INTERRUPTED_FIELD_NUMBER: _builtins.int
     ENDPOINT_WAIT_MS_FIELD_NUMBER: _builtins.int
     SPECULATIVE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_MODE_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_REASON_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_PROBABILITY_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    CRITICAL_PATH_FIELD_NUMBER: _builtins.int
+    LLM_AUDIO_S_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_MS_FIELD_NUMBER: _builtins.int
+    ECHO_CANCELLED_S_FIELD_NUMBER: _builtins.int
+    ECHO_ATTENUATION_DB_FIELD_NUMBER: _builtins.int
+    INTERRUPTIONS_REJECTED_AS_ECHO_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.int
     voice_to_voice_ms: _builtins.float
     """Arrival of the caller's last speech audio to the first agent audio sent to the client: what the
@@ -576,6 +1223,41 @@ class TurnLatency(_message.Message):
     voice_to_voice; orchestration_overhead_ms is the time from "final transcript and first audio both
     ready" to that audio leaving.
     """
+    endpoint_mode: _stt_pb2.EndpointMode.ValueType
+    """How STT decided the caller's turn had ended (from the final of the utterance answered; see
+    stt.proto EndpointingConfig.mode): UNSPECIFIED for typed turns and turns ended by a flush.
+    """
+    end_of_turn_reason: _stt_pb2.EndOfTurnReason.ValueType
+    end_of_turn_probability: _builtins.float
+    """ENDPOINT_MODE_SEMANTIC: the turn model's probability that the caller had finished, [0, 1]; absent
+    when its verdict had not come back (the turn then ended at turn_max_wait_ms) or in fixed-silence mode.
+    """
+    mode: Global___AgentMode.ValueType
+    """The mode that answered the turn (AGENT_MODE_PIPELINE or AGENT_MODE_HYBRID)."""
+    llm_audio_s: _builtins.float
+    """Hybrid: seconds of the caller's speech sent to the LLM with this turn (0 in pipeline mode)."""
+    transcript_ms: _builtins.float
+    """Hybrid: the endpoint to the final transcript, off the critical path (what pipeline mode would have
+    waited for before the LLM could start); absent while the transcript had not arrived when the record
+    was sent.
+    """
+    echo_cancelled_s: _builtins.float
+    """Echo guard, since the previous turn record (the agent's speech before this turn is where echo happens):
+    caller audio that went through the echo canceller while agent audio was playing, seconds;
+    """
+    echo_attenuation_db: _builtins.float
+    """the canceller's echo attenuation over that audio (caller energy in / out), dB; absent when none ran;"""
+    interruptions_rejected_as_echo: _builtins.int
+    """and caller utterances rejected as the agent's own echo by the self-echo check (would-be interruptions,
+    or turns right after the agent stopped).
+    """
+    @_builtins.property
+    def critical_path(self) -> _containers.RepeatedScalarFieldContainer[Global___TurnStage.ValueType]:
+        """The stages the caller waited for, in order, from their last speech audio to the first agent audio.
+        Pipeline: endpoint, STT finalisation, LLM, (tools), TTS; with `speculative` the LLM/TTS work ran
+        during the endpoint wait. Hybrid: endpoint, LLM, (tools), TTS: the transcript runs in parallel.
+        """
+
     def __init__(
         self,
         *,
@@ -589,12 +1271,33 @@ class TurnLatency(_message.Message):
         interrupted: _builtins.bool = ...,
         endpoint_wait_ms: _builtins.float = ...,
         speculative: _builtins.bool = ...,
+        endpoint_mode: _stt_pb2.EndpointMode.ValueType = ...,
+        end_of_turn_reason: _stt_pb2.EndOfTurnReason.ValueType = ...,
+        end_of_turn_probability: _builtins.float | None = ...,
+        mode: Global___AgentMode.ValueType = ...,
+        critical_path: _abc.Iterable[Global___TurnStage.ValueType] | None = ...,
+        llm_audio_s: _builtins.float = ...,
+        transcript_ms: _builtins.float | None = ...,
+        echo_cancelled_s: _builtins.float = ...,
+        echo_attenuation_db: _builtins.float | None = ...,
+        interruptions_rejected_as_echo: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db", "_end_of_turn_probability", b"_end_of_turn_probability", "_transcript_ms", b"_transcript_ms", "echo_attenuation_db", b"echo_attenuation_db", "end_of_turn_probability", b"end_of_turn_probability", "transcript_ms", b"transcript_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "orchestration_overhead_ms", b"orchestration_overhead_ms", "speculative", b"speculative", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db", "_end_of_turn_probability", b"_end_of_turn_probability", "_transcript_ms", b"_transcript_ms", "critical_path", b"critical_path", "echo_attenuation_db", b"echo_attenuation_db", "echo_cancelled_s", b"echo_cancelled_s", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "interruptions_rejected_as_echo", b"interruptions_rejected_as_echo", "llm_audio_s", b"llm_audio_s", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "mode", b"mode", "orchestration_overhead_ms", b"orchestration_overhead_ms", "speculative", b"speculative", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "transcript_ms", b"transcript_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__echo_attenuation_db: _TypeAlias = _typing.Literal["echo_attenuation_db"]  # noqa: Y015
+    _WhichOneofArgType__echo_attenuation_db: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db"]  # noqa: Y015
+    _WhichOneofReturnType__end_of_turn_probability: _TypeAlias = _typing.Literal["end_of_turn_probability"]  # noqa: Y015
+    _WhichOneofArgType__end_of_turn_probability: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability"]  # noqa: Y015
+    _WhichOneofReturnType__transcript_ms: _TypeAlias = _typing.Literal["transcript_ms"]  # noqa: Y015
+    _WhichOneofArgType__transcript_ms: _TypeAlias = _typing.Literal["_transcript_ms", b"_transcript_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__echo_attenuation_db) -> _WhichOneofReturnType__echo_attenuation_db | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_of_turn_probability) -> _WhichOneofReturnType__end_of_turn_probability | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__transcript_ms) -> _WhichOneofReturnType__transcript_ms | None: ...
 
 Global___TurnLatency: _TypeAlias = TurnLatency  # noqa: Y015
 
@@ -605,6 +1308,9 @@ class SessionNotice(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STAGE_KIND_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """A gRPC status code number of the underlying problem."""
     message: _builtins.str
@@ -614,17 +1320,195 @@ class SessionNotice(_message.Message):
     the session's context budget: INVALID_ARGUMENT; control/text messages faster than the session's
     rate limits: RESOURCE_EXHAUSTED). The message says the limit and what to do.
     """
+    stage_kind: Global___NoticeStage.ValueType
+    """Where the problem arose; replaces the free-form `stage` string (deprecated, kept filled)."""
+    tool_name: _builtins.str
+    """NOTICE_STAGE_TOOL: the tool's name."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """The problem as a standard status: code, message, and google.rpc details (ErrorInfo with a stable
+        reason, domain "voxgrid.dev"; see errors.proto). `code` and `message` above are the same values,
+        deprecated, kept filled for one release.
+        """
+
     def __init__(
         self,
         *,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         stage: _builtins.str = ...,
+        status: _status_pb2.Status | None = ...,
+        stage_kind: Global___NoticeStage.ValueType = ...,
+        tool_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "stage", b"stage", "stage_kind", b"stage_kind", "status", b"status", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionNotice: _TypeAlias = SessionNotice  # noqa: Y015
+
+@_typing.final
+class AgentToolCall(_message.Message):
+    """One tool call of an agent turn, as the LLM asked for it and as it ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    """The LLM's id for the call (the tool message in the context carries it too); the same on the
+    started and the finished event. With TurnEvent.turn_id it identifies the call within the session.
+    """
+    name: _builtins.str
+    arguments_json: _builtins.str
+    """The arguments the LLM wrote, JSON."""
+    result: _builtins.str
+    """Finished only: what the tool returned (as put in the context, after truncation), or empty on error."""
+    duration_ms: _builtins.float
+    """Finished only: how long the tool ran, ms."""
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Finished only, on failure: why (DEADLINE_EXCEEDED for a time-out, UNAVAILABLE for an HTTP or
+        knowledge failure), with ErrorInfo reason TOOL_FAILED.
+        """
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        result: _builtins.str = ...,
+        error: _status_pb2.Status | None = ...,
+        duration_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "call_id", b"call_id", "duration_ms", b"duration_ms", "error", b"error", "name", b"name", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentToolCall: _TypeAlias = AgentToolCall  # noqa: Y015
+
+@_typing.final
+class SessionStarted(_message.Message):
+    """The first response of every Converse stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    SERVER_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id: SessionConfig.session_id as sent, or the one the server chose when it was empty.
+    Log lines and metrics of the orchestrator and its backends carry it.
+    """
+    server: _builtins.str
+    """The orchestrator replica that runs the session (its host name) and its voxgrid version."""
+    version: _builtins.str
+    @_builtins.property
+    def config(self) -> Global___SessionConfig:
+        """The configuration the session runs with: the profile (if any) merged under the client's fields,
+        then the orchestrator's defaults filled in (mode, persona, language, output format, sampling
+        max_tokens, turn taking, context budget, tool time-outs). Fields whose default belongs to a backend
+        replica stay unset (voice: the TTS replica's default; endpointing: the STT replica's defaults).
+        """
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        config: Global___SessionConfig | None = ...,
+        server: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "server", b"server", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
+
+@_typing.final
+class ListProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesRequest: _TypeAlias = ListProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ListProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    DEFAULT_PROFILE_FIELD_NUMBER: _builtins.int
+    default_profile: _builtins.str
+    """The profile a session that names none gets; empty = none."""
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileSummary]: ...
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[Global___ProfileSummary] | None = ...,
+        default_profile: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_profile", b"default_profile", "profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesResponse: _TypeAlias = ListProfilesResponse  # noqa: Y015
+
+@_typing.final
+class ProfileSummary(_message.Message):
+    """What a client may see of a profile: enough to pick one, no personas, prompts or tool endpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    """The profile file's `description` of it."""
+    mode: Global___AgentMode.ValueType
+    language: _builtins.str
+    voice: _builtins.str
+    adapter: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        mode: Global___AgentMode.ValueType = ...,
+        language: _builtins.str = ...,
+        voice: _builtins.str = ...,
+        adapter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "description", b"description", "language", b"language", "mode", b"mode", "name", b"name", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileSummary: _TypeAlias = ProfileSummary  # noqa: Y015

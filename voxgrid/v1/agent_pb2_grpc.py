@@ -39,6 +39,11 @@ class AgentStub:
                 request_serializer=voxgrid_dot_v1_dot_agent__pb2.ConverseRequest.SerializeToString,
                 response_deserializer=voxgrid_dot_v1_dot_agent__pb2.ConverseResponse.FromString,
                 _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/voxgrid.v1.Agent/ListProfiles',
+                request_serializer=voxgrid_dot_v1_dot_agent__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=voxgrid_dot_v1_dot_agent__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -50,7 +55,17 @@ class AgentServicer:
         client has actually played. The server streams back the user's transcripts, the agent's text
         and audio, turn events and one latency record per agent turn. Config problems (unknown voice,
         tool, profile, bad format) close the stream with INVALID_ARGUMENT before any work; a backend
-        stage that cannot be reached at start gives UNAVAILABLE naming the stage.
+        stage that cannot be reached at start gives UNAVAILABLE naming the stage. Every status carries
+        google.rpc details (ErrorInfo with a reason from errors.proto, BadRequest naming the config field,
+        RetryInfo for a full replica). The first response of an accepted stream is `session_started`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """The agent profiles this orchestrator serves (name, description, mode, language, voice, adapter),
+        re-read from the profiles file when it changed. Personas and tool endpoints are not listed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +78,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Converse,
                     request_deserializer=voxgrid_dot_v1_dot_agent__pb2.ConverseRequest.FromString,
                     response_serializer=voxgrid_dot_v1_dot_agent__pb2.ConverseResponse.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=voxgrid_dot_v1_dot_agent__pb2.ListProfilesRequest.FromString,
+                    response_serializer=voxgrid_dot_v1_dot_agent__pb2.ListProfilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +112,33 @@ class Agent:
             '/voxgrid.v1.Agent/Converse',
             voxgrid_dot_v1_dot_agent__pb2.ConverseRequest.SerializeToString,
             voxgrid_dot_v1_dot_agent__pb2.ConverseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voxgrid.v1.Agent/ListProfiles',
+            voxgrid_dot_v1_dot_agent__pb2.ListProfilesRequest.SerializeToString,
+            voxgrid_dot_v1_dot_agent__pb2.ListProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

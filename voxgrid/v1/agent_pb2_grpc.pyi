@@ -37,7 +37,13 @@ class AgentStub:
     client has actually played. The server streams back the user's transcripts, the agent's text
     and audio, turn events and one latency record per agent turn. Config problems (unknown voice,
     tool, profile, bad format) close the stream with INVALID_ARGUMENT before any work; a backend
-    stage that cannot be reached at start gives UNAVAILABLE naming the stage.
+    stage that cannot be reached at start gives UNAVAILABLE naming the stage. Every status carries
+    google.rpc details (ErrorInfo with a reason from errors.proto, BadRequest naming the config field,
+    RetryInfo for a full replica). The first response of an accepted stream is `session_started`.
+    """
+    ListProfiles: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListProfilesRequest, _agent_pb2.ListProfilesResponse]
+    """The agent profiles this orchestrator serves (name, description, mode, language, voice, adapter),
+    re-read from the profiles file when it changed. Personas and tool endpoints are not listed.
     """
 
 @_typing.type_check_only
@@ -49,7 +55,13 @@ class AgentAsyncStub(AgentStub):
     client has actually played. The server streams back the user's transcripts, the agent's text
     and audio, turn events and one latency record per agent turn. Config problems (unknown voice,
     tool, profile, bad format) close the stream with INVALID_ARGUMENT before any work; a backend
-    stage that cannot be reached at start gives UNAVAILABLE naming the stage.
+    stage that cannot be reached at start gives UNAVAILABLE naming the stage. Every status carries
+    google.rpc details (ErrorInfo with a reason from errors.proto, BadRequest naming the config field,
+    RetryInfo for a full replica). The first response of an accepted stream is `session_started`.
+    """
+    ListProfiles: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListProfilesRequest, _agent_pb2.ListProfilesResponse]  # type: ignore[assignment]
+    """The agent profiles this orchestrator serves (name, description, mode, language, voice, adapter),
+    re-read from the profiles file when it changed. Personas and tool endpoints are not listed.
     """
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
@@ -64,7 +76,19 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         client has actually played. The server streams back the user's transcripts, the agent's text
         and audio, turn events and one latency record per agent turn. Config problems (unknown voice,
         tool, profile, bad format) close the stream with INVALID_ARGUMENT before any work; a backend
-        stage that cannot be reached at start gives UNAVAILABLE naming the stage.
+        stage that cannot be reached at start gives UNAVAILABLE naming the stage. Every status carries
+        google.rpc details (ErrorInfo with a reason from errors.proto, BadRequest naming the config field,
+        RetryInfo for a full replica). The first response of an accepted stream is `session_started`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProfiles(
+        self,
+        request: _agent_pb2.ListProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListProfilesResponse, _abc.Awaitable[_agent_pb2.ListProfilesResponse]]:
+        """The agent profiles this orchestrator serves (name, description, mode, language, voice, adapter),
+        re-read from the profiles file when it changed. Personas and tool endpoints are not listed.
         """
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voxgrid/v1/audio.proto\x12\nvoxgrid.v1\"d\n\x0b\x41udioFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.voxgrid.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\"t\n\nSpeechMark\x12\x12\n\ntext_start\x18\x01 \x01(\r\x12\x10\n\x08text_end\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x17\n\x0f\x61udio_offset_ms\x18\x04 \x01(\r\x12\x19\n\x11\x61udio_duration_ms\x18\x05 \x01(\r\"H\n\nToolSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xf2\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"\xc2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x11\n\tlanguages\x18\x03 \x03(\t\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\r\x12\x39\n\nproperties\x18\x05 \x03(\x0b\x32%.voxgrid.v1.ModelInfo.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.voxgrid.v1.ModelInfo*|\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIO_ENCODING_PCM16\x10\x01\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x02\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voxgrid/v1/audio.proto\x12\nvoxgrid.v1\"~\n\x0b\x41udioFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.voxgrid.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x18\n\x10opus_bitrate_bps\x18\x14 \x01(\r\"t\n\nSpeechMark\x12\x12\n\ntext_start\x18\x01 \x01(\r\x12\x10\n\x08text_end\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x17\n\x0f\x61udio_offset_ms\x18\x04 \x01(\r\x12\x19\n\x11\x61udio_duration_ms\x18\x05 \x01(\r\"H\n\nToolSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xf2\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"\xc2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x11\n\tlanguages\x18\x03 \x03(\t\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\r\x12\x39\n\nproperties\x18\x05 \x03(\x0b\x32%.voxgrid.v1.ModelInfo.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.voxgrid.v1.ModelInfo*\x95\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIO_ENCODING_PCM16\x10\x01\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x02\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x03\x12\x17\n\x13\x41UDIO_ENCODING_OPUS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_PROPERTIESENTRY']._loaded_options = None
   _globals['_MODELINFO_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=918
-  _globals['_AUDIOENCODING']._serialized_end=1042
+  _globals['_AUDIOENCODING']._serialized_start=945
+  _globals['_AUDIOENCODING']._serialized_end=1094
   _globals['_AUDIOFORMAT']._serialized_start=38
-  _globals['_AUDIOFORMAT']._serialized_end=138
-  _globals['_SPEECHMARK']._serialized_start=140
-  _globals['_SPEECHMARK']._serialized_end=256
-  _globals['_TOOLSCHEMA']._serialized_start=258
-  _globals['_TOOLSCHEMA']._serialized_end=330
-  _globals['_TOOLCALL']._serialized_start=332
-  _globals['_TOOLCALL']._serialized_end=392
-  _globals['_SAMPLINGPARAMS']._serialized_start=395
-  _globals['_SAMPLINGPARAMS']._serialized_end=637
-  _globals['_MODELINFO']._serialized_start=640
-  _globals['_MODELINFO']._serialized_end=834
-  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_start=785
-  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_end=834
-  _globals['_LISTMODELSREQUEST']._serialized_start=836
-  _globals['_LISTMODELSREQUEST']._serialized_end=855
-  _globals['_LISTMODELSRESPONSE']._serialized_start=857
-  _globals['_LISTMODELSRESPONSE']._serialized_end=916
+  _globals['_AUDIOFORMAT']._serialized_end=164
+  _globals['_SPEECHMARK']._serialized_start=166
+  _globals['_SPEECHMARK']._serialized_end=282
+  _globals['_TOOLSCHEMA']._serialized_start=284
+  _globals['_TOOLSCHEMA']._serialized_end=356
+  _globals['_TOOLCALL']._serialized_start=358
+  _globals['_TOOLCALL']._serialized_end=418
+  _globals['_SAMPLINGPARAMS']._serialized_start=421
+  _globals['_SAMPLINGPARAMS']._serialized_end=663
+  _globals['_MODELINFO']._serialized_start=666
+  _globals['_MODELINFO']._serialized_end=860
+  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_start=811
+  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_end=860
+  _globals['_LISTMODELSREQUEST']._serialized_start=862
+  _globals['_LISTMODELSREQUEST']._serialized_end=881
+  _globals['_LISTMODELSRESPONSE']._serialized_start=883
+  _globals['_LISTMODELSRESPONSE']._serialized_end=942
 # @@protoc_insertion_point(module_scope)

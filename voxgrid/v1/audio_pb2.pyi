@@ -47,6 +47,13 @@ class _AudioEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioEn
     """G.711 mu-law, 1 byte per sample (North American / Japanese telephony)."""
     AUDIO_ENCODING_ALAW: _AudioEncoding.ValueType  # 3
     """G.711 A-law, 1 byte per sample (European telephony)."""
+    AUDIO_ENCODING_OPUS: _AudioEncoding.ValueType  # 4
+    """Opus (RFC 6716) as raw packets, no Ogg or RTP framing: every audio message carries exactly one
+    whole Opus packet (as an RTP payload would), 20 ms per packet on output, any Opus frame size on
+    input. sample_rate_hz is the codec's API rate: 8000, 16000, 24000 or 48000. Mono only. Each
+    stream has its own codec state, so packets must arrive in order; an empty message is a lost
+    packet (the decoder conceals it).
+    """
 
 class AudioEncoding(_AudioEncoding, metaclass=_AudioEncodingEnumTypeWrapper):
     """How audio bytes are encoded. Every encoding is mono unless `channels` says otherwise."""
@@ -59,6 +66,13 @@ AUDIO_ENCODING_MULAW: AudioEncoding.ValueType  # 2
 """G.711 mu-law, 1 byte per sample (North American / Japanese telephony)."""
 AUDIO_ENCODING_ALAW: AudioEncoding.ValueType  # 3
 """G.711 A-law, 1 byte per sample (European telephony)."""
+AUDIO_ENCODING_OPUS: AudioEncoding.ValueType  # 4
+"""Opus (RFC 6716) as raw packets, no Ogg or RTP framing: every audio message carries exactly one
+whole Opus packet (as an RTP payload would), 20 ms per packet on output, any Opus frame size on
+input. sample_rate_hz is the codec's API rate: 8000, 16000, 24000 or 48000. Mono only. Each
+stream has its own codec state, so packets must arrive in order; an empty message is a lost
+packet (the decoder conceals it).
+"""
 Global___AudioEncoding: _TypeAlias = AudioEncoding  # noqa: Y015
 
 @_typing.final
@@ -72,21 +86,27 @@ class AudioFormat(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
+    OPUS_BITRATE_BPS_FIELD_NUMBER: _builtins.int
     encoding: Global___AudioEncoding.ValueType
     sample_rate_hz: _builtins.int
     """Samples per second. One of 8000, 16000, 22050, 24000, 48000."""
     channels: _builtins.int
     """Interleaved channels. Only 1 (mono) is accepted today; 0 means 1."""
+    opus_bitrate_bps: _builtins.int
+    """Opus only: target bitrate of audio the server encodes, bits per second, 6000-128000.
+    0 = 24000 (wideband speech). Ignored for other encodings and for audio the client sends.
+    """
     def __init__(
         self,
         *,
         encoding: Global___AudioEncoding.ValueType = ...,
         sample_rate_hz: _builtins.int = ...,
         channels: _builtins.int = ...,
+        opus_bitrate_bps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "encoding", b"encoding", "sample_rate_hz", b"sample_rate_hz"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "encoding", b"encoding", "opus_bitrate_bps", b"opus_bitrate_bps", "sample_rate_hz", b"sample_rate_hz"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from voxgrid.v1 import audio_pb2 as voxgrid_dot_v1_dot_audio__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14voxgrid/v1/llm.proto\x12\nvoxgrid.v1\x1a\x16voxgrid/v1/audio.proto\"\xcf\x01\n\x0b\x43hatRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.voxgrid.v1.ChatConfigH\x00\x12/\n\x08generate\x18\x02 \x01(\x0b\x32\x1b.voxgrid.v1.GenerateRequestH\x00\x12-\n\x07prewarm\x18\x03 \x01(\x0b\x32\x1a.voxgrid.v1.PrewarmRequestH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.voxgrid.v1.CancelRequestH\x00\x42\t\n\x07request\"@\n\nChatConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\"\xa4\x01\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.voxgrid.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.voxgrid.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12$\n\x05\x61udio\x18\x05 \x01(\x0b\x32\x15.voxgrid.v1.AudioClip\"B\n\tAudioClip\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xb3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.voxgrid.v1.ChatMessage\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.voxgrid.v1.SamplingParams\x12%\n\x05tools\x18\x04 \x03(\x0b\x32\x16.voxgrid.v1.ToolSchema\x12\x0c\n\x04stop\x18\x05 \x03(\t\"b\n\x0ePrewarmRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.voxgrid.v1.ChatMessage\x12%\n\x05tools\x18\x02 \x03(\x0b\x32\x16.voxgrid.v1.ToolSchema\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x83\x02\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.voxgrid.v1.TextDeltaH\x00\x12)\n\ttool_call\x18\x03 \x01(\x0b\x32\x14.voxgrid.v1.ToolCallH\x00\x12*\n\x04\x64one\x18\x04 \x01(\x0b\x32\x1a.voxgrid.v1.GenerationDoneH\x00\x12,\n\tprewarmed\x18\x05 \x01(\x0b\x32\x17.voxgrid.v1.PrewarmDoneH\x00\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.voxgrid.v1.RequestErrorH\x00\x42\x07\n\x05\x65vent\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xd5\x01\n\x0eGenerationDone\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.voxgrid.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\"8\n\x0bPrewarmDone\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\"-\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xb3\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x32\x9b\x01\n\rLanguageModel\x12=\n\x04\x43hat\x12\x17.voxgrid.v1.ChatRequest\x1a\x18.voxgrid.v1.ChatResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.voxgrid.v1.ListModelsRequest\x1a\x1e.voxgrid.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14voxgrid/v1/llm.proto\x12\nvoxgrid.v1\x1a\x16voxgrid/v1/audio.proto\"\xcf\x01\n\x0b\x43hatRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.voxgrid.v1.ChatConfigH\x00\x12/\n\x08generate\x18\x02 \x01(\x0b\x32\x1b.voxgrid.v1.GenerateRequestH\x00\x12-\n\x07prewarm\x18\x03 \x01(\x0b\x32\x1a.voxgrid.v1.PrewarmRequestH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.voxgrid.v1.CancelRequestH\x00\x42\t\n\x07request\"@\n\nChatConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\"\xa4\x01\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.voxgrid.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.voxgrid.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12$\n\x05\x61udio\x18\x05 \x01(\x0b\x32\x15.voxgrid.v1.AudioClip\"B\n\tAudioClip\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xe3\x02\n\x11LanguageModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x11\n\tlanguages\x18\x03 \x03(\t\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\r\x12\x41\n\nproperties\x18\x05 \x03(\x0b\x32-.voxgrid.v1.LanguageModelInfo.PropertiesEntry\x12\x15\n\raccepts_audio\x18\x14 \x01(\x08\x12\x31\n\x0cspeech_input\x18\x15 \x01(\x0b\x32\x1b.voxgrid.v1.SpeechInputSpec\x12\x16\n\x0e\x63ontext_length\x18\x16 \x01(\r\x12-\n\x08\x61\x64\x61pters\x18\x1e \x03(\x0b\x32\x1b.voxgrid.v1.LoraAdapterInfo\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0fLoraAdapterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x12\n\nbase_model\x18\x03 \x01(\t\"\x9d\x01\n\x0fSpeechInputSpec\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x13\n\x0bmax_clip_ms\x18\x02 \x01(\r\x12\x14\n\x0cmax_audio_ms\x18\x03 \x01(\r\x12,\n\tencodings\x18\x04 \x03(\x0e\x32\x19.voxgrid.v1.AudioEncoding\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\r\"B\n\x11LanguageModelList\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.voxgrid.v1.LanguageModelInfo\"\xb3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.voxgrid.v1.ChatMessage\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.voxgrid.v1.SamplingParams\x12%\n\x05tools\x18\x04 \x03(\x0b\x32\x16.voxgrid.v1.ToolSchema\x12\x0c\n\x04stop\x18\x05 \x03(\t\"b\n\x0ePrewarmRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.voxgrid.v1.ChatMessage\x12%\n\x05tools\x18\x02 \x03(\x0b\x32\x16.voxgrid.v1.ToolSchema\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x83\x02\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.voxgrid.v1.TextDeltaH\x00\x12)\n\ttool_call\x18\x03 \x01(\x0b\x32\x14.voxgrid.v1.ToolCallH\x00\x12*\n\x04\x64one\x18\x04 \x01(\x0b\x32\x1a.voxgrid.v1.GenerationDoneH\x00\x12,\n\tprewarmed\x18\x05 \x01(\x0b\x32\x17.voxgrid.v1.PrewarmDoneH\x00\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.voxgrid.v1.RequestErrorH\x00\x42\x07\n\x05\x65vent\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xd5\x01\n\x0eGenerationDone\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.voxgrid.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\"8\n\x0bPrewarmDone\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\"-\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xb3\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x32\x9a\x01\n\rLanguageModel\x12=\n\x04\x43hat\x12\x17.voxgrid.v1.ChatRequest\x1a\x18.voxgrid.v1.ChatResponse(\x01\x30\x01\x12J\n\nListModels\x12\x1d.voxgrid.v1.ListModelsRequest\x1a\x1d.voxgrid.v1.LanguageModelListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voxgrid.v1.llm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1500
-  _globals['_ROLE']._serialized_end=1595
-  _globals['_FINISHREASON']._serialized_start=1598
-  _globals['_FINISHREASON']._serialized_end=1777
+  _globals['_LANGUAGEMODELINFO_PROPERTIESENTRY']._loaded_options = None
+  _globals['_LANGUAGEMODELINFO_PROPERTIESENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=2153
+  _globals['_ROLE']._serialized_end=2248
+  _globals['_FINISHREASON']._serialized_start=2251
+  _globals['_FINISHREASON']._serialized_end=2430
   _globals['_CHATREQUEST']._serialized_start=61
   _globals['_CHATREQUEST']._serialized_end=268
   _globals['_CHATCONFIG']._serialized_start=270
@@ -44,22 +46,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_end=501
   _globals['_AUDIOCLIP']._serialized_start=503
   _globals['_AUDIOCLIP']._serialized_end=569
-  _globals['_GENERATEREQUEST']._serialized_start=572
-  _globals['_GENERATEREQUEST']._serialized_end=751
-  _globals['_PREWARMREQUEST']._serialized_start=753
-  _globals['_PREWARMREQUEST']._serialized_end=851
-  _globals['_CANCELREQUEST']._serialized_start=853
-  _globals['_CANCELREQUEST']._serialized_end=888
-  _globals['_CHATRESPONSE']._serialized_start=891
-  _globals['_CHATRESPONSE']._serialized_end=1150
-  _globals['_TEXTDELTA']._serialized_start=1152
-  _globals['_TEXTDELTA']._serialized_end=1177
-  _globals['_GENERATIONDONE']._serialized_start=1180
-  _globals['_GENERATIONDONE']._serialized_end=1393
-  _globals['_PREWARMDONE']._serialized_start=1395
-  _globals['_PREWARMDONE']._serialized_end=1451
-  _globals['_REQUESTERROR']._serialized_start=1453
-  _globals['_REQUESTERROR']._serialized_end=1498
-  _globals['_LANGUAGEMODEL']._serialized_start=1780
-  _globals['_LANGUAGEMODEL']._serialized_end=1935
+  _globals['_LANGUAGEMODELINFO']._serialized_start=572
+  _globals['_LANGUAGEMODELINFO']._serialized_end=927
+  _globals['_LANGUAGEMODELINFO_PROPERTIESENTRY']._serialized_start=878
+  _globals['_LANGUAGEMODELINFO_PROPERTIESENTRY']._serialized_end=927
+  _globals['_LORAADAPTERINFO']._serialized_start=929
+  _globals['_LORAADAPTERINFO']._serialized_end=994
+  _globals['_SPEECHINPUTSPEC']._serialized_start=997
+  _globals['_SPEECHINPUTSPEC']._serialized_end=1154
+  _globals['_LANGUAGEMODELLIST']._serialized_start=1156
+  _globals['_LANGUAGEMODELLIST']._serialized_end=1222
+  _globals['_GENERATEREQUEST']._serialized_start=1225
+  _globals['_GENERATEREQUEST']._serialized_end=1404
+  _globals['_PREWARMREQUEST']._serialized_start=1406
+  _globals['_PREWARMREQUEST']._serialized_end=1504
+  _globals['_CANCELREQUEST']._serialized_start=1506
+  _globals['_CANCELREQUEST']._serialized_end=1541
+  _globals['_CHATRESPONSE']._serialized_start=1544
+  _globals['_CHATRESPONSE']._serialized_end=1803
+  _globals['_TEXTDELTA']._serialized_start=1805
+  _globals['_TEXTDELTA']._serialized_end=1830
+  _globals['_GENERATIONDONE']._serialized_start=1833
+  _globals['_GENERATIONDONE']._serialized_end=2046
+  _globals['_PREWARMDONE']._serialized_start=2048
+  _globals['_PREWARMDONE']._serialized_end=2104
+  _globals['_REQUESTERROR']._serialized_start=2106
+  _globals['_REQUESTERROR']._serialized_end=2151
+  _globals['_LANGUAGEMODEL']._serialized_start=2433
+  _globals['_LANGUAGEMODEL']._serialized_end=2587
 # @@protoc_insertion_point(module_scope)

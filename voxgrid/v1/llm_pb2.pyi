@@ -160,8 +160,15 @@ class ChatMessage(_message.Message):
 
     @_builtins.property
     def audio(self) -> Global___AudioClip:
-        """Hybrid mode: the user's speech, heard directly by a speech-in model. Requires a model that
-        lists "audio" in its ListModels properties; others answer INVALID_ARGUMENT.
+        """Hybrid mode: the user's speech, heard directly by a speech-in model (ROLE_USER messages only).
+        Requires a model whose ListModels entry has `accepts_audio` true; on any other model the request
+        answers FAILED_PRECONDITION naming the model, before any work. `content` may hold text that goes
+        with the audio (an instruction, or nothing). Clips longer than `speech_input.max_clip_ms` are split
+        into windows the model takes (Qwen2-Audio: 30 s, one audio placeholder each) up to
+        `speech_input.max_audio_ms`; longer audio, an empty clip or a format outside AudioFormat's rules
+        answers INVALID_ARGUMENT saying what to send, as does a clip under 100 ms. PCM16, MULAW or ALAW at
+        any AudioFormat rate is accepted (see `speech_input.encodings`) and resampled once, on arrival, to
+        `speech_input.sample_rate_hz`.
         """
 
     def __init__(
@@ -188,6 +195,7 @@ class AudioClip(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    """Samples in `format` (whole samples; PCM16 is little-endian)."""
     @_builtins.property
     def format(self) -> _audio_pb2.AudioFormat: ...
     def __init__(
@@ -203,6 +211,184 @@ class AudioClip(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AudioClip: _TypeAlias = AudioClip  # noqa: Y015
+
+@_typing.final
+class LanguageModelInfo(_message.Message):
+    """One served model with the LLM's typed capabilities. Fields 1-5 mirror the shared `ModelInfo`
+    (same numbers and types), so the message is wire-compatible with it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    ACCEPTS_AUDIO_FIELD_NUMBER: _builtins.int
+    SPEECH_INPUT_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name to put in ChatConfig.model."""
+    engine: _builtins.str
+    """Engine serving it: "transformers" or "vllm"."""
+    sample_rate_hz: _builtins.int
+    """0 for language models (the speech input rate is `speech_input.sample_rate_hz`)."""
+    accepts_audio: _builtins.bool
+    """True when the model hears audio (`ChatMessage.audio`); exactly when `speech_input` is set."""
+    context_length: _builtins.int
+    """Context window in tokens (prompt and answer together)."""
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Unused by LLMs today (empty = any)."""
+
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form facts for people (device, dtype, context length, ...); programs read the typed fields."""
+
+    @_builtins.property
+    def speech_input(self) -> Global___SpeechInputSpec:
+        """How it hears; absent for text-only models."""
+
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraAdapterInfo]:
+        """LoRA adapters served on this model (found in the replica's `adapters_dir` at start, plus
+        `lora_adapters`), each checked against the model at start; a ChatConfig.adapter names one.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        engine: _builtins.str = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
+        sample_rate_hz: _builtins.int = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        accepts_audio: _builtins.bool = ...,
+        speech_input: Global___SpeechInputSpec | None = ...,
+        context_length: _builtins.int = ...,
+        adapters: _abc.Iterable[Global___LoraAdapterInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["speech_input", b"speech_input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_audio", b"accepts_audio", "adapters", b"adapters", "context_length", b"context_length", "engine", b"engine", "languages", b"languages", "name", b"name", "properties", b"properties", "sample_rate_hz", b"sample_rate_hz", "speech_input", b"speech_input"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LanguageModelInfo: _TypeAlias = LanguageModelInfo  # noqa: Y015
+
+@_typing.final
+class LoraAdapterInfo(_message.Message):
+    """A LoRA adapter a replica serves (behaviour of an agent profile)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name to put in ChatConfig.adapter (the adapter's folder name in `adapters_dir`)."""
+    rank: _builtins.int
+    """LoRA rank."""
+    base_model: _builtins.str
+    """What the adapter's config says it was trained on (adapter_config.json base_model_name_or_path)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        rank: _builtins.int = ...,
+        base_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "name", b"name", "rank", b"rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoraAdapterInfo: _TypeAlias = LoraAdapterInfo  # noqa: Y015
+
+@_typing.final
+class SpeechInputSpec(_message.Message):
+    """What a speech-in model takes. Durations in milliseconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
+    MAX_CLIP_MS_FIELD_NUMBER: _builtins.int
+    MAX_AUDIO_MS_FIELD_NUMBER: _builtins.int
+    ENCODINGS_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    sample_rate_hz: _builtins.int
+    """Rate the model hears at, Hz; clips in other rates are resampled to it on arrival."""
+    max_clip_ms: _builtins.int
+    """Longest audio one placeholder (one window of the audio encoder) covers, ms."""
+    max_audio_ms: _builtins.int
+    """Longest audio accepted in one message, ms (split into windows of `max_clip_ms`); longer is
+    INVALID_ARGUMENT. Equal to `max_clip_ms` when the model cannot take more than one window.
+    """
+    tokens_per_second: _builtins.int
+    """Prompt tokens per second of audio, roughly (for context budgeting; Qwen2-Audio: 25)."""
+    @_builtins.property
+    def encodings(self) -> _containers.RepeatedScalarFieldContainer[_audio_pb2.AudioEncoding.ValueType]:
+        """Encodings accepted in AudioClip.format: sample codecs a clip holds in one piece (PCM16, MULAW, ALAW)."""
+
+    def __init__(
+        self,
+        *,
+        sample_rate_hz: _builtins.int = ...,
+        max_clip_ms: _builtins.int = ...,
+        max_audio_ms: _builtins.int = ...,
+        encodings: _abc.Iterable[_audio_pb2.AudioEncoding.ValueType] | None = ...,
+        tokens_per_second: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encodings", b"encodings", "max_audio_ms", b"max_audio_ms", "max_clip_ms", b"max_clip_ms", "sample_rate_hz", b"sample_rate_hz", "tokens_per_second", b"tokens_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechInputSpec: _TypeAlias = SpeechInputSpec  # noqa: Y015
+
+@_typing.final
+class LanguageModelList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LanguageModelInfo]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___LanguageModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LanguageModelList: _TypeAlias = LanguageModelList  # noqa: Y015
 
 @_typing.final
 class GenerateRequest(_message.Message):

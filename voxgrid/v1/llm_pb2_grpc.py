@@ -43,7 +43,7 @@ class LanguageModelStub:
         self.ListModels = channel.unary_unary(
                 '/voxgrid.v1.LanguageModel/ListModels',
                 request_serializer=voxgrid_dot_v1_dot_audio__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=voxgrid_dot_v1_dot_audio__pb2.ListModelsResponse.FromString,
+                response_deserializer=voxgrid_dot_v1_dot_llm__pb2.LanguageModelList.FromString,
                 _registered_method=True)
 
 
@@ -63,7 +63,9 @@ class LanguageModelServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The model this replica serves and what it can take (context, tools, speech input). The answer is
+        wire-compatible with the shared `ListModelsResponse`: a generic `ModelInfo` reader decodes it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -79,7 +81,7 @@ def add_LanguageModelServicer_to_server(servicer, server):
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=voxgrid_dot_v1_dot_audio__pb2.ListModelsRequest.FromString,
-                    response_serializer=voxgrid_dot_v1_dot_audio__pb2.ListModelsResponse.SerializeToString,
+                    response_serializer=voxgrid_dot_v1_dot_llm__pb2.LanguageModelList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,7 +137,7 @@ class LanguageModel:
             target,
             '/voxgrid.v1.LanguageModel/ListModels',
             voxgrid_dot_v1_dot_audio__pb2.ListModelsRequest.SerializeToString,
-            voxgrid_dot_v1_dot_audio__pb2.ListModelsResponse.FromString,
+            voxgrid_dot_v1_dot_llm__pb2.LanguageModelList.FromString,
             options,
             channel_credentials,
             insecure,

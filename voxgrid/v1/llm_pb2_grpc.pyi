@@ -43,7 +43,10 @@ class LanguageModelStub:
     stream goes on; a stream-level problem (bad config, message before config) closes the stream
     with INVALID_ARGUMENT. A client that goes away aborts all of its generations.
     """
-    ListModels: _grpc.UnaryUnaryMultiCallable[_audio_pb2.ListModelsRequest, _audio_pb2.ListModelsResponse]
+    ListModels: _grpc.UnaryUnaryMultiCallable[_audio_pb2.ListModelsRequest, _llm_pb2.LanguageModelList]
+    """The model this replica serves and what it can take (context, tools, speech input). The answer is
+    wire-compatible with the shared `ListModelsResponse`: a generic `ModelInfo` reader decodes it.
+    """
 
 @_typing.type_check_only
 class LanguageModelAsyncStub(LanguageModelStub):
@@ -56,7 +59,10 @@ class LanguageModelAsyncStub(LanguageModelStub):
     stream goes on; a stream-level problem (bad config, message before config) closes the stream
     with INVALID_ARGUMENT. A client that goes away aborts all of its generations.
     """
-    ListModels: _aio.UnaryUnaryMultiCallable[_audio_pb2.ListModelsRequest, _audio_pb2.ListModelsResponse]  # type: ignore[assignment]
+    ListModels: _aio.UnaryUnaryMultiCallable[_audio_pb2.ListModelsRequest, _llm_pb2.LanguageModelList]  # type: ignore[assignment]
+    """The model this replica serves and what it can take (context, tools, speech input). The answer is
+    wire-compatible with the shared `ListModelsResponse`: a generic `ModelInfo` reader decodes it.
+    """
 
 class LanguageModelServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -78,6 +84,9 @@ class LanguageModelServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _audio_pb2.ListModelsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audio_pb2.ListModelsResponse, _abc.Awaitable[_audio_pb2.ListModelsResponse]]: ...
+    ) -> _typing.Union[_llm_pb2.LanguageModelList, _abc.Awaitable[_llm_pb2.LanguageModelList]]:
+        """The model this replica serves and what it can take (context, tools, speech input). The answer is
+        wire-compatible with the shared `ListModelsResponse`: a generic `ModelInfo` reader decodes it.
+        """
 
 def add_LanguageModelServicer_to_server(servicer: LanguageModelServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from voxgrid.v1 import audio_pb2 as voxgrid_dot_v1_dot_audio__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14voxgrid/v1/stt.proto\x12\nvoxgrid.v1\x1a\x16voxgrid/v1/audio.proto\"\x8a\x01\n\x10RecognizeRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.voxgrid.v1.RecognitionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x16.voxgrid.v1.SttControlH\x00\x42\t\n\x07request\"\x92\x01\n\nSttControl\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.voxgrid.v1.SttControl.Action\"U\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_FLUSH\x10\x01\x12\x0e\n\nACTION_END\x10\x02\x12\x11\n\rACTION_CANCEL\x10\x03\"\xe8\x01\n\x11RecognitionConfig\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0finterim_results\x18\x04 \x01(\x08\x12\x32\n\x0b\x65ndpointing\x18\x05 \x01(\x0b\x32\x1d.voxgrid.v1.EndpointingConfig\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12\x16\n\x0einitial_prompt\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\"\x8d\x02\n\x11\x45ndpointingConfig\x12\x1b\n\x0emin_silence_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\rmin_speech_ms\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rvad_threshold\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1d\n\x10max_utterance_ms\x18\x04 \x01(\rH\x03\x88\x01\x01\x12 \n\x13partial_interval_ms\x18\x05 \x01(\rH\x04\x88\x01\x01\x42\x11\n\x0f_min_silence_msB\x10\n\x0e_min_speech_msB\x10\n\x0e_vad_thresholdB\x13\n\x11_max_utterance_msB\x16\n\x14_partial_interval_ms\"|\n\x11RecognizeResponse\x12/\n\x0cspeech_event\x18\x01 \x01(\x0b\x32\x17.voxgrid.v1.SpeechEventH\x00\x12,\n\ntranscript\x18\x02 \x01(\x0b\x32\x16.voxgrid.v1.TranscriptH\x00\x42\x08\n\x06result\"\xcf\x01\n\x0bSpeechEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.voxgrid.v1.SpeechEvent.Kind\x12\x17\n\x0f\x61udio_offset_ms\x18\x02 \x01(\r\x12\x14\n\x0cutterance_id\x18\x03 \x01(\r\"e\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13KIND_SPEECH_STARTED\x10\x01\x12\x15\n\x11KIND_SPEECH_ENDED\x10\x02\x12\x17\n\x13KIND_SPEECH_RESUMED\x10\x03\"J\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\r\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\xff\x01\n\nTranscript\x12\x14\n\x0cutterance_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x16\n\x0e\x63ommitted_text\x18\x04 \x01(\t\x12\x11\n\tstability\x18\x05 \x01(\x02\x12\x10\n\x08start_ms\x18\x06 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x07 \x01(\r\x12\x1f\n\x05words\x18\x08 \x03(\x0b\x32\x10.voxgrid.v1.Word\x12\x12\n\nconfidence\x18\t \x01(\x02\x12\x10\n\x08language\x18\n \x01(\t\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12\x13\n\x0bspeculative\x18\x0c \x01(\x08\x32\xb2\x01\n\x0cSpeechToText\x12U\n\x12StreamingRecognize\x12\x1c.voxgrid.v1.RecognizeRequest\x1a\x1d.voxgrid.v1.RecognizeResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.voxgrid.v1.ListModelsRequest\x1a\x1e.voxgrid.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14voxgrid/v1/stt.proto\x12\nvoxgrid.v1\x1a\x16voxgrid/v1/audio.proto\"\x8a\x01\n\x10RecognizeRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.voxgrid.v1.RecognitionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x16.voxgrid.v1.SttControlH\x00\x42\t\n\x07request\"\x92\x01\n\nSttControl\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.voxgrid.v1.SttControl.Action\"U\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TION_FLUSH\x10\x01\x12\x0e\n\nACTION_END\x10\x02\x12\x11\n\rACTION_CANCEL\x10\x03\"\xe8\x01\n\x11RecognitionConfig\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x17.voxgrid.v1.AudioFormat\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0finterim_results\x18\x04 \x01(\x08\x12\x32\n\x0b\x65ndpointing\x18\x05 \x01(\x0b\x32\x1d.voxgrid.v1.EndpointingConfig\x12\x10\n\x08hotwords\x18\x06 \x03(\t\x12\x16\n\x0einitial_prompt\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\"\xdb\x03\n\x11\x45ndpointingConfig\x12\x1b\n\x0emin_silence_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\rmin_speech_ms\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1a\n\rvad_threshold\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1d\n\x10max_utterance_ms\x18\x04 \x01(\rH\x03\x88\x01\x01\x12 \n\x13partial_interval_ms\x18\x05 \x01(\rH\x04\x88\x01\x01\x12+\n\x04mode\x18\n \x01(\x0e\x32\x18.voxgrid.v1.EndpointModeH\x05\x88\x01\x01\x12\x1d\n\x10turn_min_wait_ms\x18\x0b \x01(\rH\x06\x88\x01\x01\x12\x1d\n\x10turn_max_wait_ms\x18\x0c \x01(\rH\x07\x88\x01\x01\x12\x1b\n\x0eturn_threshold\x18\r \x01(\x02H\x08\x88\x01\x01\x42\x11\n\x0f_min_silence_msB\x10\n\x0e_min_speech_msB\x10\n\x0e_vad_thresholdB\x13\n\x11_max_utterance_msB\x16\n\x14_partial_interval_msB\x07\n\x05_modeB\x13\n\x11_turn_min_wait_msB\x13\n\x11_turn_max_wait_msB\x11\n\x0f_turn_threshold\"|\n\x11RecognizeResponse\x12/\n\x0cspeech_event\x18\x01 \x01(\x0b\x32\x17.voxgrid.v1.SpeechEventH\x00\x12,\n\ntranscript\x18\x02 \x01(\x0b\x32\x16.voxgrid.v1.TranscriptH\x00\x42\x08\n\x06result\"\xfb\x02\n\x0bSpeechEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.voxgrid.v1.SpeechEvent.Kind\x12\x17\n\x0f\x61udio_offset_ms\x18\x02 \x01(\r\x12\x14\n\x0cutterance_id\x18\x03 \x01(\r\x12/\n\rendpoint_mode\x18\x14 \x01(\x0e\x32\x18.voxgrid.v1.EndpointMode\x12\x37\n\x12\x65nd_of_turn_reason\x18\x15 \x01(\x0e\x32\x1b.voxgrid.v1.EndOfTurnReason\x12$\n\x17\x65nd_of_turn_probability\x18\x16 \x01(\x02H\x00\x88\x01\x01\"e\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13KIND_SPEECH_STARTED\x10\x01\x12\x15\n\x11KIND_SPEECH_ENDED\x10\x02\x12\x17\n\x13KIND_SPEECH_RESUMED\x10\x03\x42\x1a\n\x18_end_of_turn_probability\"J\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\r\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\xab\x03\n\nTranscript\x12\x14\n\x0cutterance_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x16\n\x0e\x63ommitted_text\x18\x04 \x01(\t\x12\x11\n\tstability\x18\x05 \x01(\x02\x12\x10\n\x08start_ms\x18\x06 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x07 \x01(\r\x12\x1f\n\x05words\x18\x08 \x03(\x0b\x32\x10.voxgrid.v1.Word\x12\x12\n\nconfidence\x18\t \x01(\x02\x12\x10\n\x08language\x18\n \x01(\t\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12\x13\n\x0bspeculative\x18\x0c \x01(\x08\x12/\n\rendpoint_mode\x18\x14 \x01(\x0e\x32\x18.voxgrid.v1.EndpointMode\x12\x37\n\x12\x65nd_of_turn_reason\x18\x15 \x01(\x0e\x32\x1b.voxgrid.v1.EndOfTurnReason\x12$\n\x17\x65nd_of_turn_probability\x18\x16 \x01(\x02H\x00\x88\x01\x01\x42\x1a\n\x18_end_of_turn_probability*j\n\x0c\x45ndpointMode\x12\x1d\n\x19\x45NDPOINT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45NDPOINT_MODE_FIXED_SILENCE\x10\x01\x12\x1a\n\x16\x45NDPOINT_MODE_SEMANTIC\x10\x02*\x97\x01\n\x0f\x45ndOfTurnReason\x12\"\n\x1e\x45ND_OF_TURN_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45ND_OF_TURN_REASON_SILENCE\x10\x01\x12\x1f\n\x1b\x45ND_OF_TURN_REASON_COMPLETE\x10\x02\x12\x1f\n\x1b\x45ND_OF_TURN_REASON_MAX_WAIT\x10\x03\x32\xb2\x01\n\x0cSpeechToText\x12U\n\x12StreamingRecognize\x12\x1c.voxgrid.v1.RecognizeRequest\x1a\x1d.voxgrid.v1.RecognizeResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.voxgrid.v1.ListModelsRequest\x1a\x1e.voxgrid.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voxgrid.v1.stt_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ENDPOINTMODE']._serialized_start=2077
+  _globals['_ENDPOINTMODE']._serialized_end=2183
+  _globals['_ENDOFTURNREASON']._serialized_start=2186
+  _globals['_ENDOFTURNREASON']._serialized_end=2337
   _globals['_RECOGNIZEREQUEST']._serialized_start=61
   _globals['_RECOGNIZEREQUEST']._serialized_end=199
   _globals['_STTCONTROL']._serialized_start=202
@@ -41,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOGNITIONCONFIG']._serialized_start=351
   _globals['_RECOGNITIONCONFIG']._serialized_end=583
   _globals['_ENDPOINTINGCONFIG']._serialized_start=586
-  _globals['_ENDPOINTINGCONFIG']._serialized_end=855
-  _globals['_RECOGNIZERESPONSE']._serialized_start=857
-  _globals['_RECOGNIZERESPONSE']._serialized_end=981
-  _globals['_SPEECHEVENT']._serialized_start=984
-  _globals['_SPEECHEVENT']._serialized_end=1191
-  _globals['_SPEECHEVENT_KIND']._serialized_start=1090
-  _globals['_SPEECHEVENT_KIND']._serialized_end=1191
-  _globals['_WORD']._serialized_start=1193
-  _globals['_WORD']._serialized_end=1267
-  _globals['_TRANSCRIPT']._serialized_start=1270
-  _globals['_TRANSCRIPT']._serialized_end=1525
-  _globals['_SPEECHTOTEXT']._serialized_start=1528
-  _globals['_SPEECHTOTEXT']._serialized_end=1706
+  _globals['_ENDPOINTINGCONFIG']._serialized_end=1061
+  _globals['_RECOGNIZERESPONSE']._serialized_start=1063
+  _globals['_RECOGNIZERESPONSE']._serialized_end=1187
+  _globals['_SPEECHEVENT']._serialized_start=1190
+  _globals['_SPEECHEVENT']._serialized_end=1569
+  _globals['_SPEECHEVENT_KIND']._serialized_start=1440
+  _globals['_SPEECHEVENT_KIND']._serialized_end=1541
+  _globals['_WORD']._serialized_start=1571
+  _globals['_WORD']._serialized_end=1645
+  _globals['_TRANSCRIPT']._serialized_start=1648
+  _globals['_TRANSCRIPT']._serialized_end=2075
+  _globals['_SPEECHTOTEXT']._serialized_start=2340
+  _globals['_SPEECHTOTEXT']._serialized_end=2518
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,55 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _EndpointMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EndpointModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndpointMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENDPOINT_MODE_UNSPECIFIED: _EndpointMode.ValueType  # 0
+    ENDPOINT_MODE_FIXED_SILENCE: _EndpointMode.ValueType  # 1
+    """The turn ends after `min_silence_ms` of silence."""
+    ENDPOINT_MODE_SEMANTIC: _EndpointMode.ValueType  # 2
+    """A turn model decides at each pause: `turn_min_wait_ms` if complete, else `turn_max_wait_ms`."""
+
+class EndpointMode(_EndpointMode, metaclass=_EndpointModeEnumTypeWrapper): ...
+
+ENDPOINT_MODE_UNSPECIFIED: EndpointMode.ValueType  # 0
+ENDPOINT_MODE_FIXED_SILENCE: EndpointMode.ValueType  # 1
+"""The turn ends after `min_silence_ms` of silence."""
+ENDPOINT_MODE_SEMANTIC: EndpointMode.ValueType  # 2
+"""A turn model decides at each pause: `turn_min_wait_ms` if complete, else `turn_max_wait_ms`."""
+Global___EndpointMode: _TypeAlias = EndpointMode  # noqa: Y015
+
+class _EndOfTurnReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EndOfTurnReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndOfTurnReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    END_OF_TURN_REASON_UNSPECIFIED: _EndOfTurnReason.ValueType  # 0
+    """Not ended by a silence: `control.flush`/`control.end`, or cut at `max_utterance_ms`."""
+    END_OF_TURN_REASON_SILENCE: _EndOfTurnReason.ValueType  # 1
+    """FIXED_SILENCE: `min_silence_ms` of silence."""
+    END_OF_TURN_REASON_COMPLETE: _EndOfTurnReason.ValueType  # 2
+    """SEMANTIC: the model judged the turn complete; `turn_min_wait_ms` of silence."""
+    END_OF_TURN_REASON_MAX_WAIT: _EndOfTurnReason.ValueType  # 3
+    """SEMANTIC: judged unfinished (or its verdict had not come back), `turn_max_wait_ms` of silence."""
+
+class EndOfTurnReason(_EndOfTurnReason, metaclass=_EndOfTurnReasonEnumTypeWrapper):
+    """Why an utterance ended."""
+
+END_OF_TURN_REASON_UNSPECIFIED: EndOfTurnReason.ValueType  # 0
+"""Not ended by a silence: `control.flush`/`control.end`, or cut at `max_utterance_ms`."""
+END_OF_TURN_REASON_SILENCE: EndOfTurnReason.ValueType  # 1
+"""FIXED_SILENCE: `min_silence_ms` of silence."""
+END_OF_TURN_REASON_COMPLETE: EndOfTurnReason.ValueType  # 2
+"""SEMANTIC: the model judged the turn complete; `turn_min_wait_ms` of silence."""
+END_OF_TURN_REASON_MAX_WAIT: EndOfTurnReason.ValueType  # 3
+"""SEMANTIC: judged unfinished (or its verdict had not come back), `turn_max_wait_ms` of silence."""
+Global___EndOfTurnReason: _TypeAlias = EndOfTurnReason  # noqa: Y015
+
 @_typing.final
 class RecognizeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -164,6 +213,10 @@ class EndpointingConfig(_message.Message):
     VAD_THRESHOLD_FIELD_NUMBER: _builtins.int
     MAX_UTTERANCE_MS_FIELD_NUMBER: _builtins.int
     PARTIAL_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    TURN_MIN_WAIT_MS_FIELD_NUMBER: _builtins.int
+    TURN_MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
+    TURN_THRESHOLD_FIELD_NUMBER: _builtins.int
     min_silence_ms: _builtins.int
     """Silence after speech that ends an utterance, ms. Default 300. Range [50, 5000]."""
     min_speech_ms: _builtins.int
@@ -179,6 +232,24 @@ class EndpointingConfig(_message.Message):
     """
     partial_interval_ms: _builtins.int
     """How often the growing utterance is re-decoded for partials, ms. Default 400. Range [100, 5000]."""
+    mode: Global___EndpointMode.ValueType
+    """How a silence ends the turn. Unset or ENDPOINT_MODE_UNSPECIFIED = the server's default
+    (VOXGRID_STT_TURN_MODE, fixed silence unless configured). FIXED_SILENCE: `min_silence_ms` of
+    silence. SEMANTIC: early in each pause a turn model (Pipecat's smart-turn v3, audio only) judges
+    whether the utterance sounds finished; a finished turn ends after `turn_min_wait_ms` of silence,
+    an unfinished one only after `turn_max_wait_ms` (`min_silence_ms` is then not used).
+    FAILED_PRECONDITION if the replica has no turn model loaded.
+    """
+    turn_min_wait_ms: _builtins.int
+    """SEMANTIC: silence after which a turn the model judges complete ends, ms. Default 200.
+    Range [50, 2000]; not above `turn_max_wait_ms`.
+    """
+    turn_max_wait_ms: _builtins.int
+    """SEMANTIC: silence after which any turn ends, complete or not (the cap), ms. Default 1000.
+    Range [100, 10000].
+    """
+    turn_threshold: _builtins.float
+    """SEMANTIC: P(complete) at or above which the turn is complete. Default 0.5. Range (0, 1)."""
     def __init__(
         self,
         *,
@@ -187,10 +258,14 @@ class EndpointingConfig(_message.Message):
         vad_threshold: _builtins.float | None = ...,
         max_utterance_ms: _builtins.int | None = ...,
         partial_interval_ms: _builtins.int | None = ...,
+        mode: Global___EndpointMode.ValueType | None = ...,
+        turn_min_wait_ms: _builtins.int | None = ...,
+        turn_max_wait_ms: _builtins.int | None = ...,
+        turn_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_partial_interval_ms", b"_partial_interval_ms", "_vad_threshold", b"_vad_threshold", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "partial_interval_ms", b"partial_interval_ms", "vad_threshold", b"vad_threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_mode", b"_mode", "_partial_interval_ms", b"_partial_interval_ms", "_turn_max_wait_ms", b"_turn_max_wait_ms", "_turn_min_wait_ms", b"_turn_min_wait_ms", "_turn_threshold", b"_turn_threshold", "_vad_threshold", b"_vad_threshold", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "mode", b"mode", "partial_interval_ms", b"partial_interval_ms", "turn_max_wait_ms", b"turn_max_wait_ms", "turn_min_wait_ms", b"turn_min_wait_ms", "turn_threshold", b"turn_threshold", "vad_threshold", b"vad_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_partial_interval_ms", b"_partial_interval_ms", "_vad_threshold", b"_vad_threshold", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "partial_interval_ms", b"partial_interval_ms", "vad_threshold", b"vad_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_mode", b"_mode", "_partial_interval_ms", b"_partial_interval_ms", "_turn_max_wait_ms", b"_turn_max_wait_ms", "_turn_min_wait_ms", b"_turn_min_wait_ms", "_turn_threshold", b"_turn_threshold", "_vad_threshold", b"_vad_threshold", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "mode", b"mode", "partial_interval_ms", b"partial_interval_ms", "turn_max_wait_ms", b"turn_max_wait_ms", "turn_min_wait_ms", b"turn_min_wait_ms", "turn_threshold", b"turn_threshold", "vad_threshold", b"vad_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_utterance_ms: _TypeAlias = _typing.Literal["max_utterance_ms"]  # noqa: Y015
     _WhichOneofArgType__max_utterance_ms: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms"]  # noqa: Y015
@@ -198,8 +273,16 @@ class EndpointingConfig(_message.Message):
     _WhichOneofArgType__min_silence_ms: _TypeAlias = _typing.Literal["_min_silence_ms", b"_min_silence_ms"]  # noqa: Y015
     _WhichOneofReturnType__min_speech_ms: _TypeAlias = _typing.Literal["min_speech_ms"]  # noqa: Y015
     _WhichOneofArgType__min_speech_ms: _TypeAlias = _typing.Literal["_min_speech_ms", b"_min_speech_ms"]  # noqa: Y015
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
     _WhichOneofReturnType__partial_interval_ms: _TypeAlias = _typing.Literal["partial_interval_ms"]  # noqa: Y015
     _WhichOneofArgType__partial_interval_ms: _TypeAlias = _typing.Literal["_partial_interval_ms", b"_partial_interval_ms"]  # noqa: Y015
+    _WhichOneofReturnType__turn_max_wait_ms: _TypeAlias = _typing.Literal["turn_max_wait_ms"]  # noqa: Y015
+    _WhichOneofArgType__turn_max_wait_ms: _TypeAlias = _typing.Literal["_turn_max_wait_ms", b"_turn_max_wait_ms"]  # noqa: Y015
+    _WhichOneofReturnType__turn_min_wait_ms: _TypeAlias = _typing.Literal["turn_min_wait_ms"]  # noqa: Y015
+    _WhichOneofArgType__turn_min_wait_ms: _TypeAlias = _typing.Literal["_turn_min_wait_ms", b"_turn_min_wait_ms"]  # noqa: Y015
+    _WhichOneofReturnType__turn_threshold: _TypeAlias = _typing.Literal["turn_threshold"]  # noqa: Y015
+    _WhichOneofArgType__turn_threshold: _TypeAlias = _typing.Literal["_turn_threshold", b"_turn_threshold"]  # noqa: Y015
     _WhichOneofReturnType__vad_threshold: _TypeAlias = _typing.Literal["vad_threshold"]  # noqa: Y015
     _WhichOneofArgType__vad_threshold: _TypeAlias = _typing.Literal["_vad_threshold", b"_vad_threshold"]  # noqa: Y015
     @_typing.overload
@@ -209,7 +292,15 @@ class EndpointingConfig(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_speech_ms) -> _WhichOneofReturnType__min_speech_ms | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__partial_interval_ms) -> _WhichOneofReturnType__partial_interval_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turn_max_wait_ms) -> _WhichOneofReturnType__turn_max_wait_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turn_min_wait_ms) -> _WhichOneofReturnType__turn_min_wait_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turn_threshold) -> _WhichOneofReturnType__turn_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__vad_threshold) -> _WhichOneofReturnType__vad_threshold | None: ...
 
@@ -275,23 +366,37 @@ class SpeechEvent(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     AUDIO_OFFSET_MS_FIELD_NUMBER: _builtins.int
     UTTERANCE_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_MODE_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_REASON_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_PROBABILITY_FIELD_NUMBER: _builtins.int
     kind: Global___SpeechEvent.Kind.ValueType
     audio_offset_ms: _builtins.int
     """Stream offset where speech started / ended (the last speech sample), ms."""
     utterance_id: _builtins.int
     """Utterance this event belongs to; counts from 1 on each stream."""
+    endpoint_mode: Global___EndpointMode.ValueType
+    """KIND_SPEECH_ENDED: the mode that ended the turn, why, and (SEMANTIC, when the verdict came back
+    in time) the turn model's probability that the utterance was complete, [0, 1].
+    """
+    end_of_turn_reason: Global___EndOfTurnReason.ValueType
+    end_of_turn_probability: _builtins.float
     def __init__(
         self,
         *,
         kind: Global___SpeechEvent.Kind.ValueType = ...,
         audio_offset_ms: _builtins.int = ...,
         utterance_id: _builtins.int = ...,
+        endpoint_mode: Global___EndpointMode.ValueType = ...,
+        end_of_turn_reason: Global___EndOfTurnReason.ValueType = ...,
+        end_of_turn_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "end_of_turn_probability", b"end_of_turn_probability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_offset_ms", b"audio_offset_ms", "kind", b"kind", "utterance_id", b"utterance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "audio_offset_ms", b"audio_offset_ms", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "kind", b"kind", "utterance_id", b"utterance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__end_of_turn_probability: _TypeAlias = _typing.Literal["end_of_turn_probability"]  # noqa: Y015
+    _WhichOneofArgType__end_of_turn_probability: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_of_turn_probability) -> _WhichOneofReturnType__end_of_turn_probability | None: ...
 
 Global___SpeechEvent: _TypeAlias = SpeechEvent  # noqa: Y015
 
@@ -340,6 +445,9 @@ class Transcript(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     SPECULATIVE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_MODE_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_REASON_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_PROBABILITY_FIELD_NUMBER: _builtins.int
     utterance_id: _builtins.int
     text: _builtins.str
     """The whole text of the utterance so far (committed + unstable); on a final, the final text
@@ -373,6 +481,10 @@ class Transcript(_message.Message):
     text. An agent can start preparing its answer here and release it at the endpoint. Never set on
     finals; `stability` is 1.0.
     """
+    endpoint_mode: Global___EndpointMode.ValueType
+    """Finals: how the end of this utterance was decided (the same values as its KIND_SPEECH_ENDED)."""
+    end_of_turn_reason: Global___EndOfTurnReason.ValueType
+    end_of_turn_probability: _builtins.float
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]:
         """Word timings (finals only)."""
@@ -392,11 +504,16 @@ class Transcript(_message.Message):
         language: _builtins.str = ...,
         latency_ms: _builtins.float = ...,
         speculative: _builtins.bool = ...,
+        endpoint_mode: Global___EndpointMode.ValueType = ...,
+        end_of_turn_reason: Global___EndOfTurnReason.ValueType = ...,
+        end_of_turn_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "end_of_turn_probability", b"end_of_turn_probability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "speculative", b"speculative", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "speculative", b"speculative", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__end_of_turn_probability: _TypeAlias = _typing.Literal["end_of_turn_probability"]  # noqa: Y015
+    _WhichOneofArgType__end_of_turn_probability: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_of_turn_probability) -> _WhichOneofReturnType__end_of_turn_probability | None: ...
 
 Global___Transcript: _TypeAlias = Transcript  # noqa: Y015
