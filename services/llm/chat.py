@@ -27,8 +27,18 @@ class ChatTokenizer(Protocol):
 
 
 def message_dict(message: Message) -> dict[str, Any]:
-    """One message in the shape Hugging Face chat templates expect."""
-    entry: dict[str, Any] = {"role": message.role, "content": message.content}
+    """One message in the shape Hugging Face chat templates expect.
+
+    A message with audio has list content, one ``{"type": "audio"}`` item per audio window and then its
+    text: the multimodal shape speech-in chat templates (Qwen2-Audio, Qwen2.5-Omni, ...) turn into the
+    model's own placeholder layout.
+    """
+    content: Any = message.content
+    if message.audio:
+        content = [{"type": "audio"} for _ in message.audio]
+        if message.content:
+            content.append({"type": "text", "text": message.content})
+    entry: dict[str, Any] = {"role": message.role, "content": content}
     if message.tool_calls:
         entry["tool_calls"] = [
             {

@@ -7,15 +7,17 @@ import json
 import sys
 
 import grpc
-from voxgrid.services.llm.client import ChatStream, system, user
+from voxgrid.services.llm.client import ChatStream, system, user, user_audio
 
+from voxgrid.audio import SUPPORTED_RATES, StreamResampler, read_wav
 from voxgrid.client import channel
 from voxgrid.v1 import audio_pb2, llm_pb2
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="stream an LLM answer to a prompt (prints time to first token)")
-    p.add_argument("prompt", help="the user message")
+    p.add_argument("prompt", help="the user message (with --audio: text sent with the speech, may be empty)")
+    p.add_argument("--audio", default="", help="a WAV file of the user's speech, for a speech-in model (hybrid mode)")
     p.add_argument("--target", default="127.0.0.1:50062", help="LLM service HOST:PORT")
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("--max-tokens", type=int, default=256, help="upper bound on generated tokens")
@@ -27,7 +29,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 async def generate(args: argparse.Namespace) -> int:
-    messages = ([system(args.system)] if args.system else []) + [user(args.prompt)]
+    if args.audio:
+        try:
+            samples, rate = read_wav(args.audio)
+        except (OSError, RuntimeError) as exc:
+            print(f"error: cannot read --audio {args.audio}: {exc}", file=sys.stderr)
+            return 2
+        if rate not in SUPPORTED_RATES:  # the wire takes a few rates; anything else is converted here
+            samples, rate = StreamResampler(rate, 16000).process(samples, last=True), 16000
+        turn = user_audio(samples, rate, args.prompt)
+    else:
+        turn = user(args.prompt)
+    messages = ([system(args.system)] if args.system else []) + [turn]
     sampling = audio_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     async with channel(args.target, token=args.token) as ch, ChatStream(ch, model=args.model) as chat:
         queue = chat.start("1", messages, sampling)

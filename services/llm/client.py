@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
+import numpy as np
 
+from voxgrid.audio import encode, pcm16_spec
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
 
 _END = object()
@@ -21,6 +23,12 @@ _END = object()
 
 def user(text: str) -> llm_pb2.ChatMessage:
     return llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=text)
+
+
+def user_audio(samples: np.ndarray, rate: int, text: str = "") -> llm_pb2.ChatMessage:
+    """A user turn as speech (hybrid mode): float32 mono samples sent as PCM16 at ``rate``."""
+    clip = llm_pb2.AudioClip(format=pcm16_spec(rate).to_proto(), data=encode(samples, pcm16_spec(rate)))
+    return llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=text, audio=clip)
 
 
 def system(text: str) -> llm_pb2.ChatMessage:

@@ -39,6 +39,9 @@ class LlmMetrics:
         )
         self.cancellations = metrics.counter(SERVICE, "cancellations", "Generations cancelled or aborted.")
         self.prewarms = metrics.counter(SERVICE, "prewarms", "Prewarm requests served.")
+        self.audio_seconds = metrics.counter(
+            SERVICE, "audio_input_seconds", "Seconds of speech in requests a speech-in model heard (hybrid mode)."
+        )
         self._queried = 0
         self._hits = 0
 

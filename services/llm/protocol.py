@@ -10,6 +10,8 @@ import json
 import re
 from collections.abc import Sequence
 
+import numpy as np
+from voxgrid.services.llm import audio_input
 from voxgrid.services.llm.engines.base import (
     INVALID_ARGUMENT,
     Event,
@@ -50,7 +52,10 @@ def _invalid(message: str) -> RequestError:
     return RequestError(INVALID_ARGUMENT, message)
 
 
-def messages_from_proto(messages: Sequence[llm_pb2.ChatMessage]) -> tuple[Message, ...]:
+def messages_from_proto(
+    messages: Sequence[llm_pb2.ChatMessage], model: ModelDescription
+) -> tuple[Message, ...]:
+    """Engine messages; audio is checked against ``model`` (can it hear, how much) and decoded to its rate."""
     if not messages:
         raise _invalid("`messages` is empty: send at least one message (e.g. a ROLE_USER message)")
     out = []
@@ -61,13 +66,15 @@ def messages_from_proto(messages: Sequence[llm_pb2.ChatMessage]) -> tuple[Messag
                 f"messages[{index}].role is {llm_pb2.Role.Name(m.role) if m.role in llm_pb2.Role.values() else m.role}:"
                 " use ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL"
             )
+        audio: tuple[np.ndarray, ...] = ()
+        rate = 0
         if m.HasField("audio"):
-            raise _invalid(
-                f"messages[{index}] carries audio but this model does not take speech input "
-                "(its ListModels properties have no `audio`): send the transcript as `content`"
-            )
+            where = f"messages[{index}]"
+            speech = audio_input.check_audio_allowed(model, role, where)
+            audio, rate = audio_input.decode_clip(m.audio, speech, where), speech.sample_rate_hz
         calls = tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls)
-        out.append(Message(role=role, content=m.content, tool_calls=calls, tool_call_id=m.tool_call_id))
+        out.append(Message(role=role, content=m.content, tool_calls=calls, tool_call_id=m.tool_call_id,
+                           audio=audio, audio_rate_hz=rate))
     return tuple(out)
 
 
@@ -145,7 +152,18 @@ def prewarm_response(result: PrewarmResult) -> llm_pb2.ChatResponse:
         prompt_tokens=result.prompt_tokens, latency_ms=result.latency_ms))
 
 
-def model_info(description: ModelDescription) -> audio_pb2.ModelInfo:
-    return audio_pb2.ModelInfo(
-        name=description.name, engine=description.engine, properties=description.properties
+def model_info(description: ModelDescription) -> llm_pb2.LanguageModelInfo:
+    info = llm_pb2.LanguageModelInfo(
+        name=description.name, engine=description.engine, properties=description.properties,
+        context_length=description.context_length,
     )
+    info.adapters.extend(llm_pb2.LoraAdapterInfo(name=a.name, rank=a.rank, base_model=a.base_model)
+                         for a in description.adapters)
+    speech = description.speech_input
+    if speech is not None:
+        info.accepts_audio = True
+        info.speech_input.CopyFrom(llm_pb2.SpeechInputSpec(
+            sample_rate_hz=speech.sample_rate_hz, max_clip_ms=speech.max_clip_ms, max_audio_ms=speech.max_audio_ms,
+            encodings=audio_input.CLIP_ENCODINGS, tokens_per_second=speech.tokens_per_second,
+        ))
+    return info

@@ -14,6 +14,7 @@ from voxgrid.services.llm.engines.base import LlmEngine, RequestError
 from voxgrid.services.llm.session import ChatSession
 from voxgrid.services.llm.settings import LlmSettings
 
+from voxgrid.errors import Reason
 from voxgrid.server.streams import Outbox, abort, bind_session, pump, read_config
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
 
@@ -33,11 +34,11 @@ class LanguageModelServicer(llm_pb2_grpc.LanguageModelServicer):
         if config.model and config.model != served:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"model {config.model!r} is not served here: this replica serves {served!r} "
-                        "(leave `model` empty for the default)")
+                        "(leave `model` empty for the default)", field="config.model", reason=Reason.INVALID_CONFIG)
         try:
             self.engine.check_adapter(config.adapter)
         except RequestError as exc:
-            await abort(context, _STATUS[exc.code], exc.message)
+            await abort(context, _STATUS[exc.code], exc.message, field="config.adapter", reason=Reason.INVALID_CONFIG)
         session_id = config.session_id or f"llm-{uuid.uuid4().hex[:12]}"
         bind_session(session_id)
         outbox: Outbox[llm_pb2.ChatResponse] = Outbox()
@@ -54,5 +55,5 @@ class LanguageModelServicer(llm_pb2_grpc.LanguageModelServicer):
 
     async def ListModels(
         self, request: audio_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
-    ) -> audio_pb2.ListModelsResponse:
-        return audio_pb2.ListModelsResponse(models=[protocol.model_info(self.engine.describe())])
+    ) -> llm_pb2.LanguageModelList:
+        return llm_pb2.LanguageModelList(models=[protocol.model_info(self.engine.describe())])

@@ -80,7 +80,7 @@ class ChatSession:
             request = GenerationRequest(
                 request_id=request_id,
                 session_id=self.session_id,
-                messages=protocol.messages_from_proto(generate.messages),
+                messages=protocol.messages_from_proto(generate.messages, self.engine.describe()),
                 sampling=protocol.sampling_from_proto(generate.sampling),
                 tools=protocol.tools_from_proto(generate.tools),
                 stop=tuple(generate.stop),
@@ -103,8 +103,8 @@ class ChatSession:
     async def _prewarm(self, prewarm: llm_pb2.PrewarmRequest) -> None:
         try:
             result = await self.engine.prewarm(
-                self.session_id, protocol.messages_from_proto(prewarm.messages),
-                protocol.tools_from_proto(prewarm.tools),
+                self.session_id, protocol.messages_from_proto(prewarm.messages, self.engine.describe()),
+                protocol.tools_from_proto(prewarm.tools), adapter=self.adapter,
             )
         except RequestError as exc:
             self.outbox.put(protocol.error_response("", exc.code, exc.message))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -57,6 +58,11 @@ class LlmSettings(ServerSettings):
         "meanwhile waits at most one such chunk. 0 = the whole prompt in one step."
     )
     torch_threads: int = Field(0, ge=0, description="transformers engine: torch CPU threads; 0 = torch default.")
+    max_audio_s: float = Field(
+        60.0, gt=0, description="speech-in models: longest audio one message may carry, in seconds; audio over "
+        "one window of the model's encoder (Qwen2-Audio: 30 s) is split into windows, one audio placeholder "
+        "each; longer audio is INVALID_ARGUMENT. Never less than one window."
+    )
     prefix_cache_sessions: int = Field(
         64, ge=0, description="transformers engine: sessions whose prewarmed KV caches are kept (LRU)."
     )
@@ -77,7 +83,15 @@ class LlmSettings(ServerSettings):
     max_loras: int = Field(4, ge=1, description="vllm: LoRA adapters resident in one batch at most.")
     max_lora_rank: int = Field(16, ge=1, description="vllm: largest adapter rank accepted.")
     lora_adapters: str = Field(
-        "", description="vllm: adapters as `name=path,name2=path2`; clients pick one by name in ChatConfig."
+        "", description="LoRA adapters as `name=path,name2=path2` (besides adapters_dir); clients pick one by "
+        "name in ChatConfig."
+    )
+    adapters_dir: Path | None = Field(
+        None, description="Folder of LoRA adapters (both engines: vLLM multi-LoRA, transformers through peft), "
+        "one PEFT adapter folder each (adapter_config.json + adapter_model.safetensors), named by its folder "
+        "(what a profile's `adapter` says). Read at start, together with lora_adapters; each is checked against "
+        "the model then, and one made for another base model stops the replica with a message naming it. "
+        "ListModels lists them."
     )
     enforce_eager: bool = Field(False, description="vllm: skip CUDA graph capture (faster start, slower steps).")
     block_size: int = Field(
@@ -118,6 +132,12 @@ class LlmSettings(ServerSettings):
     def model_name(self) -> str:
         """The name clients use for this replica's model."""
         return self.served_model_name or self.model
+
+    def served_adapters(self) -> dict[str, str]:
+        """Every adapter, {name: path}: `lora_adapters` plus the folders in `adapters_dir`."""
+        from voxgrid.services.llm.adapters import served_adapters
+
+        return served_adapters(self.adapter_paths(), self.adapters_dir)
 
     def adapter_paths(self) -> dict[str, str]:
         """`lora_adapters` parsed into {name: path}."""

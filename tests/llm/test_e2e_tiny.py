@@ -16,6 +16,7 @@ from voxgrid.services.llm.client import ChatStream, assistant, system, user
 
 from tests.llm.conftest import cancel_after_deltas, wait_idle
 from voxgrid.client import channel
+from voxgrid.errors import parse_error
 from voxgrid.server.chassis import ServiceServer
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
 
@@ -148,6 +149,7 @@ async def test_stream_level_errors_close_with_invalid_argument(tiny_channel: Any
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "first message must carry `config`" in err.details()
     err = await first(llm_pb2.ChatRequest(config=llm_pb2.ChatConfig(model="gpt-9")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "tiny-random-qwen2" in err.details()
+    assert parse_error(err).fields == ["config.model"] and parse_error(err).reason == "INVALID_CONFIG"
     err = await first(llm_pb2.ChatRequest(config=llm_pb2.ChatConfig(adapter="support")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "adapter" in err.details()
     config = llm_pb2.ChatRequest(config=llm_pb2.ChatConfig())

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from voxgrid.services.llm.adapters import AdapterError, check_adapters
 from voxgrid.services.llm.assets import QWEN_05B
 from voxgrid.services.llm.engines.base import (
     Finished,
@@ -202,3 +203,28 @@ def test_adapter_mismatch_says_why_an_adapter_cannot_serve(tmp_path: Path) -> No
     big = write_adapter(tmp_path / "big", {f"{PREFIX}.0.self_attn.q_proj.lora_A.weight": (64, 64)}, rank=64)
     assert "max_lora_rank 16" in (adapter_mismatch(big, TINY, 16) or "")
     assert "not a PEFT LoRA adapter" in (adapter_mismatch(str(tmp_path), TINY, 16) or "")
+
+
+def test_adapters_dir_is_discovered_and_every_adapter_checked_against_the_model(tmp_path: Path) -> None:
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    q = {f"{PREFIX}.0.self_attn.q_proj.lora_A.weight": (8, 64)}
+    write_adapter(folder / "support", q)
+    write_adapter(folder / "sales", q)
+    (folder / "lost+found").mkdir()  # a volume's own folder: skipped
+    legal = write_adapter(tmp_path / "l", q)
+    settings = llm_settings(engine="vllm", adapters_dir=folder, lora_adapters=f"legal={legal}")
+    paths = settings.served_adapters()
+    assert sorted(paths) == ["legal", "sales", "support"] and paths["sales"] == str(folder / "sales")
+    assert engine_args(settings)["enable_lora"] is True
+    specs = check_adapters(paths, TINY, "tiny")
+    assert [(s.name, s.rank, s.base_model) for s in specs] == [("legal", 8, "some/base"), ("sales", 8, "some/base"),
+                                                               ("support", 8, "some/base")]
+    write_adapter(folder / "wide", {f"{PREFIX}.0.self_attn.q_proj.lora_A.weight": (8, 96)})
+    with pytest.raises(AdapterError, match=r"adapter 'wide' .*input size is 96, the served model's is 64"):
+        check_adapters(llm_settings(adapters_dir=folder).served_adapters(), TINY, "tiny")
+    with pytest.raises(AdapterError, match="both in adapters_dir and lora_adapters"):
+        llm_settings(adapters_dir=folder, lora_adapters=f"sales={tmp_path / 'l'}").served_adapters()
+    with pytest.raises(AdapterError, match="is not a folder"):
+        llm_settings(adapters_dir=tmp_path / "missing").served_adapters()
+

@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from voxgrid.services.llm.adapters import AdapterSpec
+
 ROLES = ("system", "user", "assistant", "tool")
 
 # gRPC status code numbers used in RequestFailed (kept numeric so engines do not import grpc).
@@ -47,6 +50,24 @@ class Message:
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # Speech heard by a speech-in model: float32 mono windows at the model's rate, each at most one
+    # window of its audio encoder long (`SpeechInput.max_clip_ms`); one audio placeholder per window.
+    audio: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+    audio_rate_hz: int = 0
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(len(w) for w in self.audio) / self.audio_rate_hz if self.audio else 0.0
+
+
+@dataclass(frozen=True)
+class SpeechInput:
+    """How a speech-in model hears: what ListModels reports and what requests are checked against."""
+
+    sample_rate_hz: int
+    max_clip_ms: int  # one window of the audio encoder = one audio placeholder in the prompt
+    max_audio_ms: int  # longest audio one message may carry (split into windows); more is INVALID_ARGUMENT
+    tokens_per_second: int = 0  # prompt tokens per second of audio, roughly (context budgeting)
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,11 @@ class ModelDescription:
     name: str
     engine: str
     properties: dict[str, str] = field(default_factory=dict)
+    context_length: int = 0
+    # None = the model cannot hear; requests with audio are then FAILED_PRECONDITION.
+    speech_input: SpeechInput | None = None
+    # LoRA adapters served on the model (services/llm/adapters.py), each checked against it at start.
+    adapters: tuple[AdapterSpec, ...] = ()
 
 
 class RequestError(Exception):
@@ -213,9 +239,10 @@ class LlmEngine(abc.ABC):
 
     @abc.abstractmethod
     async def prewarm(
-        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = (), adapter: str = ""
     ) -> PrewarmResult:
-        """Fill the prefix cache with these messages' prompt; raises `RequestError` on bad input."""
+        """Fill the prefix cache with these messages' prompt (computed with `adapter`, as the session's
+        generations will be); raises `RequestError` on bad input."""
 
     def end_session(self, session_id: str) -> None:  # noqa: B027 - optional hook, default no-op
         """The session's stream closed: drop what the engine keeps for it (prewarmed prefixes)."""

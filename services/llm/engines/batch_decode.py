@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 
-def batched_decode_step(model: Any, caches: list[Any], tokens: list[int], new_cache: Any) -> torch.Tensor:
+def batched_decode_step(model: Any, caches: list[Any], tokens: list[int], new_cache: Any,
+                        **extra: Any) -> torch.Tensor:
     """Feed ``tokens[i]`` after ``caches[i]`` for every i in one forward; each cache grows by one position.
 
-    ``new_cache`` is an empty transformers cache to assemble the batch in. Returns logits [batch, vocab].
+    ``new_cache`` is an empty transformers cache to assemble the batch in; ``extra`` goes to the forward
+    (peft's per-row ``adapter_names``). Returns logits [batch, vocab].
     """
     lengths = [cache.get_seq_length() for cache in caches]
     longest = max(lengths)
@@ -42,6 +44,7 @@ def batched_decode_step(model: Any, caches: list[Any], tokens: list[int], new_ca
         cache=new_cache,
         use_cache=True,
         logits_to_keep=1,
+        **extra,
     )
     for row, (cache, length) in enumerate(zip(caches, lengths, strict=True)):
         for layer_index, layer in enumerate(cache.layers):

@@ -13,6 +13,14 @@ Prewarm is real: the worker computes the KV cache of the prefix and keeps it per
 (`SessionPrefixCache`); a generate reuses the longest matching token prefix, so only the new tail of
 the prompt is computed before the first token. Finished turns are kept the same way, so the next turn
 of a conversation starts from the cache too.
+
+Speech-in checkpoints (hybrid mode) load by their config: any architecture transformers implements
+natively with an audio encoder (Qwen2-Audio, Voxtral, ...) comes up with its `AutoProcessor` and the model
+class its config names. Prompts then come from the processor's chat template, which writes the model's own
+audio placeholders; the processor expands them and turns the audio windows into encoder features. A
+request with audio is prefilled in one step from its first audio token on (chunked prefill is bypassed for
+it: the encoder needs all of a window at once), and only the text before that token is ever cached or
+reused, since identical placeholder ids stand for different audio.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from voxgrid.services.llm.adapters import BASE, AdapterError, AdapterSpec, check_adapters, load_peft
 from voxgrid.services.llm.assets import resolve_model
+from voxgrid.services.llm.audio_input import speech_input_from_processor
 from voxgrid.services.llm.chat import ToolCallParser, render_prompt
 from voxgrid.services.llm.engines.base import (
     INTERNAL,
@@ -42,6 +52,7 @@ from voxgrid.services.llm.engines.base import (
     PrewarmResult,
     RequestError,
     RequestFailed,
+    SpeechInput,
     TextDelta,
     ToolCallEvent,
     ToolSpec,
@@ -85,6 +96,8 @@ class _Active:
     parser: ToolCallParser | None = None
     generator: torch.Generator | None = None
     finished: bool = False
+    audio_inputs: dict[str, torch.Tensor] | None = None  # encoder inputs, until the audio prefill step
+    audio_at: int | None = None  # first audio token: nothing from here on is cached
 
 
 @dataclass
@@ -94,6 +107,7 @@ class _PrewarmJob:
     tools: tuple[ToolSpec, ...]
     future: asyncio.Future[PrewarmResult]
     loop: asyncio.AbstractEventLoop
+    adapter: str = ""
     arrival: float = field(default_factory=time.perf_counter)
     ids: torch.Tensor | None = None  # worker state: the prompt, its cache and how much of it is computed
     past: Any = None
@@ -107,8 +121,12 @@ class TransformersEngine(LlmEngine):
         self.settings = settings
         self.metrics = LlmMetrics()
         self.prefix_cache = SessionPrefixCache(settings.prefix_cache_sessions, settings.prefix_cache_entries)
+        self._adapter_specs: list[AdapterSpec] = []  # LoRA adapters loaded through peft (services/llm/adapters.py)
         self.model: Any = None
         self.tokenizer: Any = None
+        self.processor: Any = None  # speech-in models only: renders prompts and extracts audio features
+        self.speech: SpeechInput | None = None
+        self._audio_token_id: int | None = None
         self.context_len = 0
         self._eos_ids: set[int] = set()
         self._cond = threading.Condition()
@@ -127,7 +145,7 @@ class TransformersEngine(LlmEngine):
         self._thread.start()
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         s = self.settings
         if s.torch_threads:
@@ -135,9 +153,21 @@ class TransformersEngine(LlmEngine):
         path = resolve_model(s.model)
         dtype: Any = "auto" if s.dtype == "auto" else getattr(torch, s.dtype)
         started = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(s.device).eval()
-        model_max = int(getattr(self.model.config, "max_position_embeddings", 0) or 32768)
+        config = AutoConfig.from_pretrained(path)
+        adapters = s.served_adapters()
+        if getattr(config, "audio_config", None) is not None:
+            if adapters:
+                raise AdapterError("LoRA adapters on a speech-in model are not served by the transformers engine: "
+                                   "unset adapters_dir/lora_adapters or use engine=vllm")
+            self._load_speech_model(path, config, dtype)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(s.device).eval()
+            if adapters:  # checked against the model before peft touches it: a mismatch names the adapter
+                self._adapter_specs = check_adapters(adapters, self.model.config, s.model_name)
+                self.model = load_peft(self.model, self._adapter_specs)
+        text_config = self.model.config.get_text_config()
+        model_max = int(getattr(text_config, "max_position_embeddings", 0) or 32768)
         self.context_len = min(s.max_model_len, model_max) if s.max_model_len else model_max
         eos = self.model.generation_config.eos_token_id
         self._eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
@@ -145,8 +175,24 @@ class TransformersEngine(LlmEngine):
             self._eos_ids.add(self.tokenizer.eos_token_id)
         with torch.inference_mode():  # first forward pays one-off allocation costs; not a request's
             self.model(input_ids=torch.tensor([[0]], device=s.device))
-        log.info("loaded %s (%s) in %.1fs, context %d", s.model, path, time.perf_counter() - started,
-                 self.context_len)
+        log.info("loaded %s (%s) in %.1fs, context %d%s", s.model, path, time.perf_counter() - started,
+                 self.context_len, f", hears {self.speech}" if self.speech else "")
+
+    def _load_speech_model(self, path: str, config: Any, dtype: Any) -> None:
+        """A speech-in checkpoint: its processor, and the model class its config names (no per-model code)."""
+        import transformers
+        from transformers import AutoProcessor
+
+        architecture = (config.architectures or [""])[0]
+        model_class = getattr(transformers, architecture, None)
+        if model_class is None:
+            raise RuntimeError(f"{self.settings.model}: architecture {architecture!r} (model_type "
+                               f"{config.model_type!r}) is not one transformers {transformers.__version__} implements; "
+                               "serve it with engine=vllm or upgrade transformers")
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = self.processor.tokenizer
+        self.model = model_class.from_pretrained(path, dtype=dtype).to(self.settings.device).eval()
+        self.speech, self._audio_token_id = speech_input_from_processor(self.processor, self.settings.max_audio_s)
 
     async def stop(self) -> None:
         with self._cond:
@@ -166,6 +212,9 @@ class TransformersEngine(LlmEngine):
         return ModelDescription(
             name=self.settings.model_name,
             engine=self.kind,
+            context_length=self.context_len,
+            speech_input=self.speech,
+            adapters=tuple(self._adapter_specs),
             properties={
                 "context_length": str(self.context_len),
                 "device": self.settings.device,
@@ -205,10 +254,10 @@ class TransformersEngine(LlmEngine):
         return handle
 
     async def prewarm(
-        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = (), adapter: str = ""
     ) -> PrewarmResult:
         loop = asyncio.get_running_loop()
-        job = _PrewarmJob(session_id, messages, tools, loop.create_future(), loop)
+        job = _PrewarmJob(session_id, messages, tools, loop.create_future(), loop, adapter)
         with self._cond:
             if self._stopping:
                 raise RequestError(RESOURCE_EXHAUSTED, "the engine is shutting down")
@@ -220,7 +269,20 @@ class TransformersEngine(LlmEngine):
         return await job.future
 
     def end_session(self, session_id: str) -> None:
-        self.prefix_cache.drop_session(session_id)
+        for adapter in ("", *self.adapters()):
+            self.prefix_cache.drop_session(self._cache_key(session_id, adapter))
+
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self._adapter_specs)
+
+    @staticmethod
+    def _cache_key(session_id: str, adapter: str) -> str:
+        """Prefix-cache key: KV computed through an adapter is that adapter's alone."""
+        return f"{session_id}\x00{adapter}" if adapter else session_id
+
+    def _adapter_args(self, adapters: list[str]) -> dict[str, Any]:
+        """Forward arguments picking each batch row's adapter (none when no adapter is loaded)."""
+        return {"adapter_names": [a or BASE for a in adapters]} if self._adapter_specs else {}
 
     def _on_cancel(self, handle: GenerationHandle) -> None:
         with self._cond:
@@ -274,19 +336,52 @@ class TransformersEngine(LlmEngine):
             self.metrics.cancellations.inc()
             self._finish(active, FinishReason.CANCELLED)
 
+    def _render(self, messages: tuple[Message, ...] | list[Message], tools: tuple[ToolSpec, ...],
+                for_generate: bool) -> str:
+        # A speech-in model's own template (the processor's) for every prompt, text-only ones too, so a
+        # prewarmed text prefix and a later audio turn tokenise alike.
+        return render_prompt(self.processor or self.tokenizer, messages, tools, add_generation_prompt=for_generate)
+
     def _encode(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool) -> torch.Tensor:
-        text = render_prompt(self.tokenizer, messages, tools, add_generation_prompt=for_generate)
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-        return ids.to(self.settings.device)
+        ids, _ = self._encode_with_audio(messages, tools, for_generate, features=False)
+        return ids
+
+    def _encode_with_audio(
+        self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool, features: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """Prompt ids, and the audio encoder's inputs when a message carries audio (``features``)."""
+        text = self._render(messages, tools, for_generate)
+        windows = [w for m in messages for w in m.audio]
+        if not windows:
+            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+            return ids.to(self.settings.device), None
+        assert self.speech is not None  # checked at the edge: audio only reaches a model that hears
+        inputs = self.processor(text=[text], audio=windows, sampling_rate=self.speech.sample_rate_hz,
+                                return_tensors="pt")
+        audio = None
+        if features:
+            audio = {k: v.to(self.settings.device) for k, v in inputs.items()
+                     if k not in ("input_ids", "attention_mask")}
+            if "input_features" in audio and self.model.dtype.is_floating_point:
+                audio["input_features"] = audio["input_features"].to(self.model.dtype)
+        return inputs.input_ids[0].to(self.settings.device), audio
+
+    def _audio_start(self, ids: torch.Tensor) -> int | None:
+        """Index of the first audio token in ``ids`` (None when there is none)."""
+        if self._audio_token_id is None:
+            return None
+        found = torch.nonzero(ids == self._audio_token_id)
+        return int(found[0]) if found.numel() else None
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
 
-    def _forward(self, ids: torch.Tensor, past: Any) -> torch.Tensor:
-        """Run ``ids`` after ``past`` (extended in place); returns the logits of the last position."""
-        out = self.model(input_ids=ids[None, :], cache=past, use_cache=True, logits_to_keep=1)
+    def _forward(self, ids: torch.Tensor, past: Any, adapter: str = "", **audio: torch.Tensor) -> torch.Tensor:
+        """Run ``ids`` after ``past`` (extended in place) through ``adapter``; returns the last position's logits."""
+        out = self.model(input_ids=ids[None, :], cache=past, use_cache=True, logits_to_keep=1,
+                         **self._adapter_args([adapter]), **audio)
         return out.logits[0, -1]
 
     def _chunk_end(self, prefilled: int, total: int, contended: bool) -> int:
@@ -307,17 +402,20 @@ class TransformersEngine(LlmEngine):
                 if job.ids.numel() >= self.context_len:
                     raise RequestError(INVALID_ARGUMENT, prompt_too_long(job.ids.numel(), self.context_len,
                                                                          self.settings.model_name))
-                job.prefilled, job.past = self.prefix_cache.take(job.session_id, job.ids)
+                audio_at = self._audio_start(job.ids)
+                if audio_at is not None:  # audio is heard at generate time; warm the text before it
+                    job.ids = job.ids[:audio_at]
+                job.prefilled, job.past = self.prefix_cache.take(self._cache_key(job.session_id, job.adapter), job.ids)
                 if job.past is None:
                     job.past = self._new_cache()
             total = int(job.ids.numel())
             if job.prefilled < total:
                 end = self._chunk_end(job.prefilled, total, contended=bool(self._running) or len(self._prewarms) > 1)
-                self._forward(job.ids[job.prefilled : end], job.past)
+                self._forward(job.ids[job.prefilled : end], job.past, job.adapter)
                 job.prefilled = end
             if job.prefilled < total:
                 return False
-            self.prefix_cache.store(job.session_id, job.ids, job.past)
+            self.prefix_cache.store(self._cache_key(job.session_id, job.adapter), job.ids, job.past)
             self.metrics.prewarms.inc()
             result: PrewarmResult | BaseException = PrewarmResult(total, _ms_since(job.arrival))
         except RequestError as exc:
@@ -335,7 +433,10 @@ class TransformersEngine(LlmEngine):
     def _start_request(self, active: _Active) -> bool:
         """Tokenise and look up the prefix cache; False when the request failed."""
         request = active.handle.request
-        ids = self._encode(request.messages, request.tools, for_generate=True)
+        ids, active.audio_inputs = self._encode_with_audio(request.messages, request.tools, for_generate=True)
+        audio_seconds = sum(m.audio_seconds for m in request.messages)
+        if audio_seconds:
+            self.metrics.audio_seconds.inc(audio_seconds)
         if ids.numel() >= self.context_len:
             active.prompt_ids = ids
             active.handle.push_threadsafe(RequestFailed(
@@ -343,7 +444,11 @@ class TransformersEngine(LlmEngine):
             self._finish(active, FinishReason.ERROR)
             return False
         active.prompt_ids = ids
-        active.cached, active.past = self.prefix_cache.take(request.session_id, ids)
+        active.audio_at = self._audio_start(ids) if active.audio_inputs is not None else None
+        # Placeholder ids stand for whatever audio a request brought: only the text before them is reusable.
+        lookup = ids if active.audio_at is None else ids[: active.audio_at + 1]
+        key = self._cache_key(request.session_id, request.adapter)
+        active.cached, active.past = self.prefix_cache.take(key, lookup)
         if active.past is None:
             active.past = self._new_cache()
         active.prefilled = active.cached
@@ -374,7 +479,12 @@ class TransformersEngine(LlmEngine):
         assert active.prompt_ids is not None
         total = int(active.prompt_ids.numel())
         end = self._chunk_end(active.prefilled, total, contended=len(self._running) > 1 or bool(self._prewarms))
-        logits = self._forward(active.prompt_ids[active.prefilled : end], active.past)
+        audio: dict[str, torch.Tensor] = {}
+        if active.audio_inputs is not None and active.audio_at is not None and end > active.audio_at:
+            # The chunk reaching the audio takes the whole rest of the prompt and the encoder inputs at once.
+            end, audio, active.audio_inputs = total, active.audio_inputs, None
+        logits = self._forward(active.prompt_ids[active.prefilled : end], active.past, active.handle.request.adapter,
+                               **audio)
         active.prefilled = end
         if end == total:
             self._on_token(active, self._choose(active, logits))
@@ -385,10 +495,11 @@ class TransformersEngine(LlmEngine):
         tokens = [a.next_input for a in batch]
         if len(batch) == 1 or not self.settings.batch_decode:
             for active, token in zip(batch, tokens, strict=True):
-                logits = self._forward(torch.tensor([token], device=device), active.past)
+                logits = self._forward(torch.tensor([token], device=device), active.past, active.handle.request.adapter)
                 self._on_token(active, self._choose(active, logits))
             return
-        rows = batched_decode_step(self.model, [a.past for a in batch], tokens, self._new_cache())
+        rows = batched_decode_step(self.model, [a.past for a in batch], tokens, self._new_cache(),
+                                   **self._adapter_args([a.handle.request.adapter for a in batch]))
         for active, logits in zip(batch, rows, strict=True):
             self._on_token(active, self._choose(active, logits))
 
@@ -448,7 +559,12 @@ class TransformersEngine(LlmEngine):
                 # Keep this turn's cache: the next turn of the conversation starts with it.
                 full = torch.cat([active.prompt_ids, torch.tensor(active.generated, dtype=torch.long,
                                                                   device=active.prompt_ids.device)])
-                self.prefix_cache.store(request.session_id, full[: active.past.get_seq_length()], active.past)
+                keep = active.past.get_seq_length()
+                if active.audio_at is not None:  # the text before the audio only (see _start_request)
+                    if keep > active.audio_at:
+                        active.past.crop(active.audio_at - keep)  # transformers 5: negative = drop that many
+                    keep = active.audio_at
+                self.prefix_cache.store(self._cache_key(request.session_id, request.adapter), full[:keep], active.past)
         active.past = None  # frees a cancelled/failed request's KV cache now
         prompt_tokens = 0 if active.prompt_ids is None else int(active.prompt_ids.numel())
         self.metrics.tokens.labels("prompt").inc(prompt_tokens)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import re
 import sys
 import time
 import uuid
@@ -25,10 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voxgrid.services.llm.adapters import AdapterSpec, check_adapters
+from voxgrid.services.llm.adapters import adapter_mismatch as adapter_mismatch  # re-exported (tests)
 from voxgrid.services.llm.assets import resolve_model
+from voxgrid.services.llm.audio_input import speech_input_from_processor
 from voxgrid.services.llm.chat import ParsedChunk, ToolCallParser, render_prompt
 from voxgrid.services.llm.engines.base import (
-    FAILED_PRECONDITION,
     INTERNAL,
     INVALID_ARGUMENT,
     Event,
@@ -43,6 +43,7 @@ from voxgrid.services.llm.engines.base import (
     RequestError,
     RequestFailed,
     Sampling,
+    SpeechInput,
     TextDelta,
     ToolCallEvent,
     ToolSpec,
@@ -82,7 +83,7 @@ def engine_args(settings: LlmSettings, cpu: bool = False) -> dict[str, Any]:
         args["long_prefill_token_threshold"] = settings.long_prefill_token_threshold
     if settings.quantization:
         args["quantization"] = settings.quantization
-    if settings.enable_lora or settings.adapter_paths():
+    if settings.enable_lora or settings.adapter_paths() or settings.adapters_dir is not None:
         args.update(enable_lora=True, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank)
     if cpu:
         # An explicit size: otherwise vLLM reserves gpu_memory_utilization of the whole host's memory.
@@ -122,56 +123,6 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-_LORA_WEIGHT = re.compile(r"(\w+)\.lora_([AB])(?:\.\w+)?\.weight$")  # ...<module>.lora_A.weight
-_LAYER = re.compile(r"\blayers\.(\d+)\.")
-
-
-def adapter_mismatch(path: str, model: Any, max_rank: int) -> str | None:
-    """Why the LoRA adapter in `path` cannot serve with this base model (None when it can).
-
-    vLLM loads an adapter inside its engine process at the first request that names it; one made
-    for another base model fails there, so it is checked here, at start, from the adapter's config
-    and tensor shapes (read from the safetensors header, nothing loaded), against `model` (the served
-    model's Hugging Face config).
-    """
-    folder = Path(path)
-    config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
-    if not config_file.exists() or not weights.exists():
-        return f"{path} is not a PEFT LoRA adapter (it needs adapter_config.json and adapter_model.safetensors)"
-    config = json.loads(config_file.read_text())
-    rank = int(config.get("r", 0))
-    if rank > max_rank:
-        return f"its rank {rank} is over max_lora_rank {max_rank} (raise VOXGRID_LLM_MAX_LORA_RANK)"
-    heads = model.num_attention_heads
-    head_dim = getattr(model, "head_dim", None) or model.hidden_size // heads
-    kv = (getattr(model, "num_key_value_heads", None) or heads) * head_dim
-    hidden, inner = model.hidden_size, model.intermediate_size
-    shapes = {  # module: (in_features, out_features) in the served model
-        "q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
-        "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inner), "up_proj": (hidden, inner),
-        "down_proj": (inner, hidden),
-    }
-    from safetensors import safe_open
-
-    base = config.get("base_model_name_or_path") or "another model"
-    with safe_open(str(weights), framework="pt") as tensors:
-        for name in tensors.keys():
-            match, layer = _LORA_WEIGHT.search(name), _LAYER.search(name)
-            if match is None:
-                continue
-            module, side = match[1], match[2]
-            if module not in shapes or layer is None:
-                return f"it adapts `{module}`, which the served model's layers do not have (it was made for {base})"
-            if int(layer[1]) >= model.num_hidden_layers:
-                return (f"it adapts layer {layer[1]}, the served model has {model.num_hidden_layers} layers "
-                        f"(it was made for {base})")
-            shape = tensors.get_slice(name).get_shape()
-            found = shape[1] if side == "A" else shape[0]
-            wanted = shapes[module][0] if side == "A" else shapes[module][1]
-            if found != wanted:
-                kind = "input" if side == "A" else "output"
-                return f"its `{module}` {kind} size is {found}, the served model's is {wanted} (it was made for {base})"
-    return None
 
 
 def sampling_args(sampling: Sampling, stop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -267,8 +218,11 @@ class VllmEngine(LlmEngine):
         self.context_len = 0
         self.device = "cuda"
         self._tasks: dict[GenerationHandle, asyncio.Task[None]] = {}
+        self.processor: Any = None  # speech-in models: renders prompts with the model's audio placeholders
+        self.speech: SpeechInput | None = None
+        self._audio_token_id: int | None = None
         self._lora: dict[str, Any] = {}
-        self._refused_adapters: dict[str, str] = {}
+        self._adapter_specs: list[AdapterSpec] = []
 
     async def start(self) -> None:
         try:
@@ -283,6 +237,8 @@ class VllmEngine(LlmEngine):
             ) from exc
         cpu = current_platform.is_cpu()
         self.device = "cpu" if cpu else "cuda"
+        # Adapters are checked before the model loads: a wrong one stops the replica in seconds, not minutes.
+        self._adapter_specs = await asyncio.to_thread(self._check_adapters)
         args = AsyncEngineArgs(**engine_args(self.settings, cpu=cpu))
         with _environment(cpu_environment(self.settings) if cpu else {}):
             # Loading takes seconds to minutes: off the event loop, so health checks keep answering.
@@ -290,18 +246,22 @@ class VllmEngine(LlmEngine):
         tokenizer = self.engine.get_tokenizer()
         self.tokenizer = await tokenizer if asyncio.iscoroutine(tokenizer) else tokenizer
         self.context_len = int(self.engine.model_config.max_model_len)
-        self._load_adapters(self.engine.model_config.hf_config)
-
-    def _load_adapters(self, model: Any) -> None:
+        if getattr(self.engine.model_config.hf_config, "audio_config", None) is not None:
+            await asyncio.to_thread(self._load_speech_input)
         from vllm.lora.request import LoRARequest
 
-        for index, (name, path) in enumerate(sorted(self.settings.adapter_paths().items()), start=1):
-            problem = adapter_mismatch(path, model, self.settings.max_lora_rank)
-            if problem is None:
-                self._lora[name] = LoRARequest(name, index, path)
-            else:
-                log.warning("LoRA adapter %r (%s) is refused: %s", name, path, problem)
-                self._refused_adapters[name] = problem
+        self._lora = {spec.name: LoRARequest(spec.name, index, spec.path)
+                      for index, spec in enumerate(self._adapter_specs, start=1)}
+
+    def _check_adapters(self) -> list[AdapterSpec]:
+        """The served adapters (adapters_dir + lora_adapters), each checked against the model's config."""
+        paths = self.settings.served_adapters()
+        if not paths:
+            return []
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(resolve_model(self.settings.model))
+        return check_adapters(paths, model_config, self.settings.model_name, self.settings.max_lora_rank)
 
     async def stop(self) -> None:
         for handle in list(self._tasks):
@@ -317,6 +277,8 @@ class VllmEngine(LlmEngine):
         return ModelDescription(
             name=self.settings.model_name,
             engine=self.kind,
+            context_length=self.context_len,
+            speech_input=self.speech,
             properties={
                 "context_length": str(self.context_len),
                 "device": self.device,
@@ -326,26 +288,19 @@ class VllmEngine(LlmEngine):
                 "adapters": ",".join(self._lora),
                 "tools": "true",
             },
+            adapters=tuple(self._adapter_specs),
         )
 
     def adapters(self) -> tuple[str, ...]:
         return tuple(self._lora)
-
-    def check_adapter(self, name: str) -> None:
-        if name in self._refused_adapters:
-            raise RequestError(
-                FAILED_PRECONDITION,
-                f"adapter {name!r} cannot be served with {self.settings.model_name!r}: "
-                f"{self._refused_adapters[name]}; serve an adapter trained for this model",
-            )
-        super().check_adapter(name)
 
     @property
     def running(self) -> int:
         return len(self._tasks)
 
     def _prompt_ids(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool) -> list[int]:
-        text = render_prompt(self.tokenizer, messages, tools, add_generation_prompt=for_generate)
+        # A speech-in model's own template (its processor's) for text-only prompts too: prefixes then match.
+        text = render_prompt(self.processor or self.tokenizer, messages, tools, add_generation_prompt=for_generate)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) >= self.context_len:
             raise RequestError(INVALID_ARGUMENT, prompt_too_long(len(ids), self.context_len, self.settings.model_name))
@@ -377,6 +332,34 @@ class VllmEngine(LlmEngine):
             for event in mapper.finish(FinishReason.CANCELLED):
                 handle.push(event)
 
+    def _load_speech_input(self) -> None:
+        """A speech-in model: the checkpoint's processor says how prompts place audio and what it hears."""
+        from transformers import AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(resolve_model(self.settings.model))
+        self.speech, self._audio_token_id = speech_input_from_processor(self.processor, self.settings.max_audio_s)
+        log.info("%s hears %s", self.settings.model_name, self.speech)
+
+    def _prompt(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool
+                ) -> tuple[dict[str, Any], int]:
+        """vLLM's prompt for these messages and its length in tokens (audio placeholders estimated).
+
+        Text goes as token ids; with audio, as the text the model's own chat template wrote (one
+        placeholder per window) plus `multi_modal_data`, which vLLM's processor for the architecture
+        expands and encodes (and resamples, though windows already come at the model's rate).
+        """
+        if not any(m.audio for m in messages):
+            ids = self._prompt_ids(messages, tools, for_generate)
+            return {"prompt_token_ids": ids}, len(ids)
+        assert self.speech is not None  # checked at the edge: audio only reaches a model that hears
+        text = render_prompt(self.processor, messages, tools, add_generation_prompt=for_generate)
+        windows = [(w, self.speech.sample_rate_hz) for m in messages for w in m.audio]
+        estimate = len(self.tokenizer.encode(text, add_special_tokens=False)) + int(
+            sum(m.audio_seconds for m in messages) * self.speech.tokens_per_second)
+        if estimate >= self.context_len:
+            raise RequestError(INVALID_ARGUMENT, prompt_too_long(estimate, self.context_len, self.settings.model_name))
+        return {"prompt": text, "multi_modal_data": {"audio": windows}}, estimate
+
     async def _run(self, handle: GenerationHandle, mapper: OutputMapper) -> None:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
@@ -385,14 +368,17 @@ class VllmEngine(LlmEngine):
         request = handle.request
         engine_id = f"{request.session_id}-{request.request_id}-{uuid.uuid4().hex[:8]}"
         try:
-            ids = self._prompt_ids(request.messages, request.tools, for_generate=True)
+            prompt, _ = self._prompt(request.messages, request.tools, for_generate=True)
+            audio_seconds = sum(m.audio_seconds for m in request.messages)
+            if audio_seconds:
+                self.metrics.audio_seconds.inc(audio_seconds)
             try:
                 params = SamplingParams(**sampling_args(request.sampling, request.stop),
                                         output_kind=RequestOutputKind.DELTA)
             except (ValueError, VLLMClientError) as exc:
                 raise RequestError(INVALID_ARGUMENT, f"sampling parameters refused by vLLM: {exc}") from exc
             async for output in self.engine.generate(
-                {"prompt_token_ids": ids}, params, engine_id, lora_request=self._lora.get(request.adapter)
+                prompt, params, engine_id, lora_request=self._lora.get(request.adapter)
             ):
                 for event in mapper.map(output):
                     handle.push(event)
@@ -418,16 +404,20 @@ class VllmEngine(LlmEngine):
             self.metrics.tokens.labels("completion").inc(mapper.completion_tokens)
 
     async def prewarm(
-        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+        self, session_id: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = (), adapter: str = ""
     ) -> PrewarmResult:
         """Run the prefix through the engine (one token); vLLM's prefix cache keeps its KV blocks."""
         from vllm import SamplingParams
 
         started = time.perf_counter()
         ids = self._prompt_ids(messages, tools, for_generate=False)
+        if self._audio_token_id is not None and self._audio_token_id in ids:
+            # Audio is heard at generate time; warm the text before its first placeholder.
+            ids = ids[: ids.index(self._audio_token_id)]
         engine_id = f"{session_id}-prewarm-{uuid.uuid4().hex[:8]}"
         try:
-            async for _ in self.engine.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1), engine_id):
+            async for _ in self.engine.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1), engine_id,
+                                                lora_request=self._lora.get(adapter)):
                 pass
         except asyncio.CancelledError:
             await self.engine.abort(engine_id)

@@ -22,7 +22,8 @@ CPU_ENGINE: dict[str, Any] = dict(engine="vllm", enforce_eager=True, cpu_kv_cach
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two adapters for the tiny model, and one made for another base model (other hidden size)."""
+    """Two adapters for the tiny model in one folder (an adapters_dir), and one made for another base model
+    (other hidden size) in a folder of its own."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -35,21 +36,21 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     other = Qwen2ForCausalLM(Qwen2Config(vocab_size=512, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
                                          num_attention_heads=3, num_key_value_heads=1))
-    made["other-base"] = make_adapter(other, root / "other-base", 3, "a-96-wide-qwen2")
+    made["other-base"] = make_adapter(other, tmp_path_factory.mktemp("foreign") / "other-base", 3, "a-96-wide-qwen2")
     return made
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def tiny_vllm(adapters: dict[str, Path]) -> AsyncIterator[tuple[ServiceServer, LlmRuntime]]:
-    """The tiny random Qwen2 on vLLM's CPU build, serving the three adapters.
+    """The tiny random Qwen2 on vLLM's CPU build, serving the two adapters found in their folder.
 
     float32, so that greedy decoding gives the same tokens alone and batched with others (random
     weights leave near-ties that bf16 rounding would flip); 32-token KV blocks, so that the short
     prompts here reuse cached prefixes.
     """
-    lora = ",".join(f"{name}={path}" for name, path in adapters.items())
     async for pair in running_server(**CPU_ENGINE, model=TINY_QWEN2_VLLM, dtype="float32", max_model_len=512,
-                                     block_size=32, max_requests_per_stream=3, lora_adapters=lora):
+                                     block_size=32, max_requests_per_stream=3,
+                                     adapters_dir=adapters["support"].parent):
         yield pair
 
 

@@ -14,11 +14,15 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from voxgrid.services.llm.adapters import AdapterError
 from voxgrid.services.llm.app import LlmRuntime
+from voxgrid.services.llm.assets import TINY_QWEN2_VLLM
 from voxgrid.services.llm.client import ChatStream, Result, assistant, system, user
 from voxgrid.services.llm.engines.base import Finished, FinishReason, GenerationRequest, Message, Sampling
+from voxgrid.services.llm.engines.vllm_engine import VllmEngine
 
-from tests.llm.conftest import cancel_after_deltas, wait_idle
+from tests.llm.conftest import cancel_after_deltas, llm_settings, wait_idle
+from tests.llm.vllm_cpu.conftest import CPU_ENGINE
 from voxgrid.client import channel
 from voxgrid.server.chassis import ServiceServer
 from voxgrid.v1 import audio_pb2, llm_pb2, llm_pb2_grpc
@@ -157,7 +161,7 @@ async def test_two_adapters_served_together_each_answer_as_alone(ch: Any) -> Non
     assert len({alone["support"], alone["sales"], alone[""]}) == 3  # each adapter changes what the model says
 
 
-async def test_unknown_and_foreign_adapters_are_refused_before_any_work(ch: Any, tiny_vllm: Server) -> None:
+async def test_an_unknown_adapter_is_refused_before_any_work(ch: Any, tiny_vllm: Server) -> None:
     stub = llm_pb2_grpc.LanguageModelStub(ch)
 
     async def refused(adapter: str) -> grpc.aio.AioRpcError:
@@ -171,12 +175,22 @@ async def test_unknown_and_foreign_adapters_are_refused_before_any_work(ch: Any,
     async with ChatStream(ch, adapter="support") as neighbour:
         running = neighbour.start("n", [user("Keep talking.")], greedy(30))
         unknown = await refused("billing")
-        foreign = await refused("other-base")
         kept = await neighbour.collect(running)
     assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'billing' is not served here" in unknown.details() and "sales, support" in unknown.details()
-    assert foreign.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "'other-base'" in foreign.details() and "a-96-wide-qwen2" in foreign.details()
-    assert "96" in foreign.details() and "64" in foreign.details()
     assert kept.done is not None and kept.done.completion_tokens == 30 and not kept.errors
     assert tiny_vllm[1].engine.adapters() == ("sales", "support")
+    # The adapters folder was read at start; ListModels says what each adapter is.
+    listed = (await stub.ListModels(audio_pb2.ListModelsRequest())).models[0].adapters
+    assert [(a.name, a.rank, a.base_model) for a in listed] == [("sales", 8, TINY_QWEN2_VLLM),
+                                                               ("support", 8, TINY_QWEN2_VLLM)]
+
+
+async def test_an_adapter_for_another_base_model_stops_the_replica_at_start(adapters: dict[str, Any]) -> None:
+    engine = VllmEngine(llm_settings(**CPU_ENGINE, model=TINY_QWEN2_VLLM, max_model_len=512,
+                                     lora_adapters=f"other-base={adapters['other-base']}"))
+    with pytest.raises(AdapterError) as info:  # before the model loads: seconds, not a whole engine start
+        await engine.start()
+    message = str(info.value)
+    assert "'other-base'" in message and "a-96-wide-qwen2" in message and "96" in message and "64" in message
+    assert engine.engine is None
