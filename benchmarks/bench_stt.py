@@ -3,17 +3,30 @@
     python benchmarks/bench_stt.py                       # CPU default: tiny.en int8, ~40 telephone prompts
     python benchmarks/bench_stt.py --model large-v3 --device cuda --compute-type float16 --window-quantum-s 30
     make bench-gpu    # on a GPU: float16, sessions per GPU whose finalization p95 stays under 100 ms
+    python benchmarks/bench_stt.py --turn-detection      # premature ends: semantic vs fixed silence
 
 Audio: the recorded 8 kHz Asterisk telephone prompts (Debian asterisk-core-sounds-en-wav), streamed as
 mu-law at real-time pace through a loopback gRPC server. Offline baseline: faster-whisper `transcribe()`
 of the same files with the same model. Finalization delay = `Transcript.latency_ms` of finals (end of
 speech seen by VAD → final leaving the server) and, client side, speech_ended arrival → final arrival.
+
+`--turn-detection`: `--utterances` flite sentences and as many recorded human prompts
+(tests/stt/turn_corpus.py: pauses of 0.5-0.8 s) sent twice in real time, with a pause mid-sentence and
+whole, to fixed-silence and semantic sessions. Premature = speech_ended at the pause (an agent would
+answer half a question); endpoint wait = audio the client had sent when speech_ended arrived minus the
+end of speech, on the whole sentences.
+
+`--preview`: the speculative preview (what the orchestrator prepares its answer from) against the
+endpoint: whole flite sentences in real time, one stream, for each `--preview-configs` entry
+(speculative_final_ms/final_window_quantum_s[/final beam size]); negative = the preview arrived before
+speech_ended.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -77,6 +90,121 @@ async def stream_many(address: str, items: list[np.ndarray], interim: bool) -> l
             recognize(stub, cfg, audio_chunks(np.concatenate([pad, a, pad, pad]), SPEC)) for a in items))
 
 
+async def turn_detection(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from tests.stt.turn_corpus import RATE, corpus, recorded
+    from voxgrid.audio import pcm16_spec
+
+    spec = pcm16_spec(RATE)
+    settings = SttSettings(host="127.0.0.1", port=0, max_sessions=64, model=args.model, device=args.device,
+                           compute_type=args.compute_type, cpu_threads=args.cpu_threads)
+    runtime = SttRuntime(settings)
+    runtime.engine.load()
+    sets = {"flite, pieces joined by a pause": corpus(Path(tempfile.gettempdir()) / "voxgrid-turn-corpus",
+                                                       args.utterances),
+            "recorded human prompts, cut mid-sentence": recorded(runtime.engine.model, args.utterances)}
+    modes = {
+        f"fixed silence {settings.min_silence_ms} ms": stt_pb2.EndpointingConfig(
+            mode=stt_pb2.ENDPOINT_MODE_FIXED_SILENCE),
+        f"semantic {settings.turn_min_wait_ms}/{settings.turn_max_wait_ms} ms, p ≥ {settings.turn_threshold:g}":
+            stt_pb2.EndpointingConfig(mode=stt_pb2.ENDPOINT_MODE_SEMANTIC),
+    }
+    lead = np.zeros(RATE // 2, np.float32)
+    tail = np.zeros(int(1.5 * RATE), np.float32)
+
+    async def one(stub, endpointing, audio: np.ndarray):
+        cfg = stt_pb2.RecognitionConfig(format=spec.to_proto(), endpointing=endpointing)
+        return await recognize(stub, cfg, audio_chunks(np.concatenate([lead, audio, tail]), spec))
+
+    rows = []
+    async with start_server(runtime, settings) as srv, channel(srv.address) as ch:
+        stub = stt_pb2_grpc.SpeechToTextStub(ch)
+        print(f"{', '.join(f'{len(v)} {k}' for k, v in sets.items())}; {args.parallel} streams at once, real time",
+              flush=True)
+        for (name, endpointing), (set_name, items) in itertools.product(modes.items(), sets.items()):
+            if not items:
+                continue
+            premature, waits, capped = 0, [], 0
+            for i in range(0, len(items), args.parallel):
+                batch = items[i: i + args.parallel]
+                paused = await asyncio.gather(*(one(stub, endpointing, u.paused) for u in batch))
+                whole = await asyncio.gather(*(one(stub, endpointing, u.complete) for u in batch))
+                for u, r in zip(batch, paused, strict=True):
+                    pause_end_ms = 1000 * (len(lead) / RATE + u.pause_at_s + u.pause_s)
+                    ends = [e for e in r.events() if e.kind == stt_pb2.SpeechEvent.KIND_SPEECH_ENDED]
+                    premature += any(e.audio_offset_ms < pause_end_ms - 100 for e in ends)
+                for r in whole:
+                    for item in r.received:
+                        ev = item.response.speech_event
+                        if item.response.HasField("speech_event") and ev.kind == stt_pb2.SpeechEvent.KIND_SPEECH_ENDED:
+                            waits.append(item.sent_audio_ms - ev.audio_offset_ms)
+                            capped += ev.end_of_turn_reason == stt_pb2.END_OF_TURN_REASON_MAX_WAIT
+                            break
+            rows.append((set_name, name, 100 * premature / len(items), pct(waits, 50), pct(waits, 90), capped,
+                         len(waits)))
+            print(f"  {set_name}, {name}: done", flush=True)
+        h = runtime.metrics.turn_inference
+        count = sum(b.get() for b in h._buckets) if hasattr(h, "_buckets") else 0
+        mean_ms = 1000 * h._sum.get() / count if count else float("nan")
+    base = {r[0]: r[3] for r in rows[::-1]}  # the fixed-silence row of each set (listed first)
+    print(f"\nturn model inference: {mean_ms:.0f} ms mean over {count:.0f} verdicts")
+    print("\n| speech | endpointing | premature ends per 100 paused utterances | endpoint wait on whole sentences "
+          "p50 / p90 ms | extra wait vs fixed, p50 ms | whole sentences held to the cap |")
+    print("|---|---|---|---|---|---|")
+    for set_name, name, prem, p50, p90, capped, n in sorted(rows, key=lambda r: r[0]):
+        print(f"| {set_name} | {name} | {prem:.0f} | {p50:.0f} / {p90:.0f} | {p50 - base[set_name]:+.0f} | "
+              f"{capped} of {n} |")
+
+
+async def preview_timing(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from tests.stt.turn_corpus import RATE, corpus
+    from voxgrid.audio import pcm16_spec
+
+    spec = pcm16_spec(RATE)
+    items = corpus(Path(tempfile.gettempdir()) / "voxgrid-turn-corpus", args.utterances)
+    engine = FasterWhisperEngine(args.model, device=args.device, compute_type=args.compute_type,
+                                 cpu_threads=args.cpu_threads)
+    engine.load()
+    rows = []
+    for entry in args.preview_configs.split(","):
+        spec_ms, quantum, *beam = entry.split("/")
+        settings = SttSettings(host="127.0.0.1", port=0, max_sessions=8, speculative_final_ms=int(spec_ms),
+                               final_window_quantum_s=float(quantum), beam_size=int(beam[0]) if beam else 5,
+                               turn_model="")
+        engine.final_window_quantum_s = settings.final_window_quantum_s
+        engine.beam_size = settings.beam_size
+        leads, missing, refs, hyps = [], 0, [], []
+        async with start_server(SttRuntime(settings, engine=engine), settings) as srv, channel(srv.address) as ch:
+            stub = stt_pb2_grpc.SpeechToTextStub(ch)
+            cfg = stt_pb2.RecognitionConfig(format=spec.to_proto(), interim_results=True)
+            for u in items:
+                audio = np.concatenate([np.zeros(RATE // 2, np.float32), u.complete, np.zeros(RATE, np.float32)])
+                r = await recognize(stub, cfg, audio_chunks(audio, spec))
+                preview = next((i.at for i in r.received if i.response.HasField("transcript")
+                                and i.response.transcript.speculative), None)
+                ended = next((i.at for i in r.received if i.response.HasField("speech_event")
+                              and i.response.speech_event.kind == stt_pb2.SpeechEvent.KIND_SPEECH_ENDED), None)
+                if preview is None or ended is None:
+                    missing += 1
+                else:
+                    leads.append(1000 * (preview - ended))
+                refs.append(u.text)
+                hyps.append(r.text)
+        rows.append((entry, pct(leads, 50), pct(leads, 90), sum(v < 0 for v in leads), len(items), missing,
+                     word_error_rate(" ".join(refs), " ".join(hyps))))
+        print(f"  {entry}: done", flush=True)
+    print("\n| speculative_final_ms / final window s [/ beam] | preview − speech_ended p50 / p90 ms "
+          "| previews before the endpoint | no preview | WER of finals |")
+    print("|---|---|---|---|---|")
+    for entry, p50, p90, before, n, missing, wer in rows:
+        print(f"| {entry} | {p50:+.0f} / {p90:+.0f} | {before} of {n} | {missing} | {100 * wer:.1f} % |")
+
+
 def delays(results: list) -> tuple[list[float], list[float]]:
     server, client = [], []
     for r in results:
@@ -93,6 +221,10 @@ def delays(results: list) -> tuple[list[float], list[float]]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.turn_detection:
+        return await turn_detection(args)
+    if args.preview:
+        return await preview_timing(args)
     prompts = pick_prompts(args.prompts)
     if not prompts:
         sys.exit("no telephone prompts: apt-get install asterisk-core-sounds-en-wav")
@@ -184,4 +316,11 @@ if __name__ == "__main__":
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--finalization-slo-ms", type=float, default=1000.0,
                    help="the concurrency sweep stops once finalization p95 passes this")
+    p.add_argument("--turn-detection", action="store_true",
+                   help="instead: premature ends per 100 paused utterances, semantic vs fixed silence")
+    p.add_argument("--utterances", type=int, default=20, help="--turn-detection: utterances with a pause")
+    p.add_argument("--preview", action="store_true",
+                   help="instead: when the speculative preview arrives relative to speech_ended")
+    p.add_argument("--preview-configs", default="100/30,32/30,32/10",
+                   help="--preview: speculative_final_ms/final_window_quantum_s[/beam_size] entries, comma-separated")
     asyncio.run(main(p.parse_args()))

@@ -11,6 +11,9 @@ RUN python3 -m venv /opt/venv
 COPY . /src
 # Only this service's extra: CTranslate2 + faster-whisper, nothing of the LLM or TTS stacks.
 RUN /opt/venv/bin/pip install "/src[stt]"
+# Semantic end of turn: smart-turn v3 (BSD-2, Daily) extracted from the pipecat-ai wheel (pip download
+# --no-deps, sha256-checked), with its license; baked in so no replica downloads it at start.
+RUN VOXGRID_CACHE_DIR=/opt/voxgrid-cache /opt/venv/bin/python -m voxgrid.services.stt.turn_model
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
@@ -20,6 +23,7 @@ RUN apt-get update \
  && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin voxgrid \
  && mkdir -p /models && chown 10001:10001 /models
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/voxgrid-cache/models/smart-turn-v3.2 /opt/smart-turn
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models/huggingface \
@@ -28,6 +32,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VOXGRID_STT_PORT=50051 \
     VOXGRID_STT_METRICS_PORT=9090 \
     VOXGRID_STT_DEVICE=cuda \
+    VOXGRID_STT_TURN_MODEL=/opt/smart-turn/smart-turn-v3.2-cpu.onnx \
     VOXGRID_STT_COMPUTE_TYPE=float16
 VOLUME ["/models"]
 EXPOSE 50051 9090

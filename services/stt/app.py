@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 from voxgrid.services.stt.endpointing import EndpointingOptions
@@ -11,10 +12,13 @@ from voxgrid.services.stt.engines.faster_whisper import FasterWhisperEngine
 from voxgrid.services.stt.scheduler import DecodeScheduler
 from voxgrid.services.stt.servicer import SpeechToTextServicer, SttMetrics
 from voxgrid.services.stt.settings import SttSettings
+from voxgrid.services.stt.turn_model import SmartTurnModel, TurnDetector, TurnModelUnavailable, resolve_turn_model
 from voxgrid.services.stt.vad import SileroVad
 
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import stt_pb2, stt_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 Settings = SttSettings
 
@@ -34,6 +38,8 @@ def endpointing_defaults(settings: SttSettings) -> EndpointingOptions:
         min_silence_ms=settings.min_silence_ms, min_speech_ms=settings.min_speech_ms,
         vad_threshold=settings.vad_threshold, max_utterance_ms=settings.max_utterance_ms,
         partial_interval_ms=settings.partial_interval_ms, speculative_final_ms=settings.speculative_final_ms,
+        mode=settings.turn_mode, turn_min_wait_ms=settings.turn_min_wait_ms,
+        turn_max_wait_ms=settings.turn_max_wait_ms, turn_threshold=settings.turn_threshold,
     )
 
 
@@ -66,12 +72,32 @@ class SttRuntime(ServiceRuntime):
     async def start(self) -> None:
         await asyncio.to_thread(self.engine.load)
         await asyncio.to_thread(SileroVad.shared)
+        await self._load_turn_model()
         self.scheduler.start()
         self.servicer.model = self.engine.info()
+
+    async def _load_turn_model(self) -> None:
+        """Load the semantic end-of-turn model; without it only semantic sessions are refused."""
+        s = self.settings
+        if not s.turn_model:
+            if s.turn_mode == "semantic":
+                raise TurnModelUnavailable("turn_mode is semantic but turn_model is empty: set VOXGRID_STT_TURN_MODEL")
+            return
+        try:
+            path = await asyncio.to_thread(resolve_turn_model, s.turn_model)
+            model = await asyncio.to_thread(SmartTurnModel, path, s.turn_threads)
+        except TurnModelUnavailable as exc:
+            if s.turn_mode == "semantic":
+                raise
+            log.warning("semantic end of turn unavailable, sessions asking for it are refused: %s", exc)
+            return
+        self.servicer.turn_detector = TurnDetector(model, on_inference=self.metrics.turn_inference.observe)
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.scheduler.stop)
         self.servicer.vad_pool.shutdown(wait=False)
+        if self.servicer.turn_detector is not None:
+            self.servicer.turn_detector.close()
 
 
 def create_runtime(settings: SttSettings) -> SttRuntime:

@@ -8,24 +8,34 @@ Audio (float32, 16 kHz) comes in chunks; results go out through `emit` as `Speec
   `LocalAgreement` commits the words two decodes agree on;
 * `speculative_final_ms` into a silence the final decode starts; if speech does not resume it is the
   final, already computed (or nearly) when the endpoint fires `min_silence_ms` in;
-* an utterance is cut at `max_utterance_ms` so an hour of speech costs the same per second as a minute.
+* an utterance is cut at `max_utterance_ms` so an hour of speech costs the same per second as a minute;
+* semantic end of turn: at the same moment the turn model (`turn_model.py`) is asked whether the
+  utterance sounds finished, as it will sound `turn_min_wait_ms` into the silence; its verdict decides
+  whether the turn ends then or only at `turn_max_wait_ms`. `settle()` waits for a verdict in flight, so
+  the servicer hands the verdict over before the next audio and the outcome does not depend on how fast
+  audio arrives.
 Memory: the buffer holds the open utterance (≤ max_utterance_ms) plus a short pre-roll, nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from voxgrid.services.stt.agreement import LocalAgreement
-from voxgrid.services.stt.endpointing import Endpointer, EndpointingOptions, Kind
+from voxgrid.services.stt.endpointing import Endpointer, EndpointEvent, EndpointingOptions, EndReason, Kind
 from voxgrid.services.stt.engines.base import DecodeRequest, Hypothesis, WordTiming
 from voxgrid.services.stt.scheduler import DecodeJob, DecodeScheduler
+from voxgrid.services.stt.turn_model import TurnDetector
 from voxgrid.services.stt.vad import VadStream
+
+log = logging.getLogger(__name__)
 
 RATE = 16000
 PREROLL = int(0.2 * RATE)  # audio kept before the VAD onset: the onset lags the first phoneme
@@ -40,6 +50,14 @@ class SpeechEventOut:
     utterance_id: int
     at: float = field(default_factory=time.perf_counter)
     resumed: bool = False  # speech came back after a speculative preview was sent
+    turn: TurnDecision | None = None  # speech_ended: how the end of turn was decided
+
+
+@dataclass(frozen=True)
+class TurnDecision:
+    mode: str  # "fixed-silence" or "semantic"
+    reason: EndReason | None  # None: ended by flush/end/cut, not by a silence
+    probability: float | None = None  # semantic: the turn model's P(complete), if it came back in time
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ class TranscriptOut:
     decode_ms: float = 0.0  # partials: what the decode took
     final_anchor: float | None = None  # finals: perf_counter of the speech_ended (or cut/flush) moment
     speculative: bool = False  # a preview of the final, sent when silence began
+    turn: TurnDecision | None = None  # finals: how the end of turn was decided
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,7 @@ class RecognitionSession:
         emit: Callable[[SpeechEventOut | TranscriptOut], None],
         *,
         on_partial_latency: Callable[[float], None] | None = None,
+        turn_detector: TurnDetector | None = None,
     ) -> None:
         self.session_id = session_id
         self.options = options
@@ -113,6 +133,8 @@ class RecognitionSession:
         self._finals: set[asyncio.Task[None]] = set()
         self._jobs: set[DecodeJob] = set()
         self._carry_prompt = ""  # committed text of an utterance cut at max_utterance_ms
+        self._turn_detector = turn_detector if options.endpointing.semantic else None
+        self._turn_check: tuple[concurrent.futures.Future[float], int] | None = None  # (verdict, pause)
 
     # --- public -------------------------------------------------------------------------------------
     def vad(self, samples: np.ndarray) -> np.ndarray:
@@ -123,18 +145,7 @@ class RecognitionSession:
         """Take a chunk and its VAD probabilities (from `vad`); emits events, submits decodes."""
         self._buffer = np.concatenate([self._buffer, samples])
         self.received += len(samples)
-        for event in self._endpointer.push(probabilities):
-            if event.kind is Kind.STARTED:
-                self._open(event.sample)
-            elif event.kind is Kind.SILENCE and self._utt is not None:
-                self._speculate(self._utt, self._endpointer.position)
-            elif event.kind is Kind.RESUMED and self._utt is not None:
-                self._drop_speculation(self._utt)
-                if self._utt.previewed:
-                    self._utt.previewed = False
-                    self._emit(SpeechEventOut(False, _ms(event.sample), self._utt.uid, resumed=True))
-            elif event.kind is Kind.ENDED and self._utt is not None:
-                self._end(event.sample, emit_event=True)
+        self._handle(self._endpointer.push(probabilities))
         utt = self._utt
         if utt is not None:
             o = self.options.endpointing
@@ -146,6 +157,55 @@ class RecognitionSession:
                 utt.last_partial_at = self.received
                 utt.partial = asyncio.get_running_loop().create_task(self._partial(utt, self.received))
         self._trim()
+
+    async def settle(self) -> None:
+        """Wait for a turn verdict in flight and apply it (it may end the turn at once)."""
+        check = self._turn_check
+        if check is None:
+            return
+        future, pause = check
+        try:
+            probability = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future.cancelled():  # the utterance ended or was dropped meanwhile: no verdict needed
+                return
+            future.cancel()
+            raise
+        except Exception:  # a failed inference must not end the stream: the turn waits for max wait
+            log.exception("turn model inference failed")
+            return
+        finally:
+            if self._turn_check is check:
+                self._turn_check = None
+        self._handle(self._endpointer.set_verdict(probability, pause))
+
+    def _handle(self, events: list[EndpointEvent]) -> None:
+        for event in events:
+            if event.kind is Kind.STARTED:
+                self._open(event.sample)
+            elif event.kind is Kind.SILENCE and self._utt is not None:
+                self._speculate(self._utt, self._endpointer.position)
+                self._ask_turn_model(self._utt, event.sample)
+            elif event.kind is Kind.RESUMED and self._utt is not None:
+                self._drop_speculation(self._utt)
+                if self._utt.previewed:
+                    self._utt.previewed = False
+                    self._emit(SpeechEventOut(False, _ms(event.sample), self._utt.uid, resumed=True))
+            elif event.kind is Kind.ENDED and self._utt is not None:
+                turn = TurnDecision(self.options.endpointing.mode, event.reason, event.probability)
+                self._end(event.sample, emit_event=True, turn=turn)
+
+    def _ask_turn_model(self, utt: _Utterance, speech_end: int) -> None:
+        """Submit the utterance as it will sound `turn_min_wait_ms` into this silence."""
+        if self._turn_detector is None:
+            return
+        wait = self.options.endpointing.turn_min_wait_ms * RATE // 1000
+        heard = self._audio(utt.audio_start, min(self.received, speech_end + wait))
+        audio = np.concatenate([heard, np.zeros(max(speech_end + wait - utt.audio_start - len(heard), 0),
+                                                np.float32)])
+        if self._turn_check is not None:
+            self._turn_check[0].cancel()
+        self._turn_check = (self._turn_detector.submit(audio), self._endpointer.pause)
 
     def flush(self) -> None:
         """Finalise the open utterance now (as if the silence had been seen)."""
@@ -161,6 +221,9 @@ class RecognitionSession:
             if utt.partial is not None:
                 utt.partial.cancel()
             self._utt = None
+        if self._turn_check is not None:
+            self._turn_check[0].cancel()
+            self._turn_check = None
         self._endpointer.reset()
 
     async def finish(self) -> None:
@@ -179,6 +242,9 @@ class RecognitionSession:
             self._utt.partial.cancel()
         for task in list(self._finals):
             task.cancel()
+        if self._turn_check is not None:
+            self._turn_check[0].cancel()
+            self._turn_check = None
         self._utt = None
         self._buffer = np.zeros(0, dtype=np.float32)
 
@@ -195,19 +261,23 @@ class RecognitionSession:
         self._carry_prompt = ""
         self._emit(SpeechEventOut(True, _ms(start), uid))
 
-    def _end(self, end_sample: int, *, emit_event: bool) -> None:
+    def _end(self, end_sample: int, *, emit_event: bool, turn: TurnDecision | None = None) -> None:
         utt = self._utt
         assert utt is not None
         self._utt = None
+        if self._turn_check is not None:
+            self._turn_check[0].cancel()
+            self._turn_check = None
+        turn = turn or TurnDecision(self.options.endpointing.mode, None)
         anchor = time.perf_counter()
         if emit_event:
-            self._emit(SpeechEventOut(False, _ms(end_sample), utt.uid, at=anchor))
+            self._emit(SpeechEventOut(False, _ms(end_sample), utt.uid, at=anchor, turn=turn))
         if utt.partial is not None:
             utt.partial.cancel()
         job = utt.speculative
         if job is None:
             job = self._submit(utt, self._audio(utt.audio_start, self.received), final=True)
-        task = asyncio.get_running_loop().create_task(self._final(utt, job, end_sample, anchor))
+        task = asyncio.get_running_loop().create_task(self._final(utt, job, end_sample, anchor, turn))
         self._finals.add(task)
         task.add_done_callback(self._finals.discard)
 
@@ -287,7 +357,9 @@ class RecognitionSession:
             hyp.language, decode_ms=hyp.decode_s * 1000,
         ))
 
-    async def _final(self, utt: _Utterance, job: DecodeJob, end_sample: int, anchor: float) -> None:
+    async def _final(
+        self, utt: _Utterance, job: DecodeJob, end_sample: int, anchor: float, turn: TurnDecision
+    ) -> None:
         try:
             hyp = await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
@@ -302,6 +374,7 @@ class RecognitionSession:
         self._emit(TranscriptOut(
             utt.uid, text, True, text, 1.0, _ms(utt.start), _ms(end_sample), hyp.language, words=words,
             confidence=0.0 if silent else hyp.confidence, decode_ms=hyp.decode_s * 1000, final_anchor=anchor,
+            turn=turn,
         ))
 
     # --- audio buffer -------------------------------------------------------------------------------

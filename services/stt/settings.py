@@ -49,3 +49,21 @@ class SttSettings(ServerSettings):
         description="Silence after which the final decode starts speculatively (reused if speech does not "
         "resume), so the final is ready when min_silence_ms is reached, ms.",
     )
+    turn_mode: Literal["fixed-silence", "semantic"] = Field(
+        "fixed-silence",
+        description="Default end of turn: `fixed-silence` (min_silence_ms) or `semantic` (a turn model decides at "
+        "each pause: turn_min_wait_ms if it sounds finished, else turn_max_wait_ms). Sessions may pick either.",
+    )
+    turn_model: str = Field(
+        "smart-turn-v3.2-package",
+        description="Semantic end-of-turn model: `smart-turn-v3.2-package` (Pipecat's smart-turn v3 ONNX from the "
+        "pipecat-ai wheel, extracted once into the model cache) or a path to a local .onnx file; empty = none "
+        "(semantic sessions are refused).",
+    )
+    turn_threads: int = Field(1, ge=1, le=16, description="CPU threads of one turn-model inference.")
+    turn_min_wait_ms: int = Field(
+        200, ge=50, le=2000, description="Semantic mode: silence that ends a turn the model judges complete, ms.")
+    turn_max_wait_ms: int = Field(
+        1000, ge=100, le=10000, description="Semantic mode: silence that ends any turn (the cap), ms.")
+    turn_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Semantic mode: P(complete) at or above which a turn is complete.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from voxgrid.services.stt.agreement import LocalAgreement
-from voxgrid.services.stt.endpointing import Endpointer, EndpointingOptions, Kind
+from voxgrid.services.stt.endpointing import Endpointer, EndpointingOptions, EndReason, Kind
 from voxgrid.services.stt.vad import WINDOW, SileroVad
 
 from tests.stt.conftest import at_16k, with_silence
@@ -66,3 +66,48 @@ def test_silero_stream_finds_speech_and_is_chunking_invariant(hello_speech) -> N
     lead = 16000 // WINDOW  # the first second is silence
     assert whole[: lead - 2].max() < 0.3
     assert (whole[lead: lead + len(samples) * 16000 // rate // WINDOW] > 0.5).mean() > 0.5
+
+
+# Semantic end of turn: 200 ms short wait = 7 windows, 1000 ms cap = 32 windows.
+SEMANTIC = EndpointingOptions(min_speech_ms=150, speculative_final_ms=100, mode="semantic", turn_min_wait_ms=200,
+                              turn_max_wait_ms=1000, turn_threshold=0.5)
+
+
+def test_semantic_complete_verdict_ends_after_the_short_wait() -> None:
+    ep = Endpointer(SEMANTIC)
+    events = ep.push([0.9] * 10 + [0.0] * 4)  # 128 ms of silence: SILENCE asks the model
+    assert [e.kind for e in events] == [Kind.STARTED, Kind.SILENCE]
+    assert ep.set_verdict(0.9, ep.pause) == []  # 128 ms < 200 ms: not yet
+    ended = ep.push([0.0] * 3)
+    assert [(e.kind, e.sample // WINDOW, e.reason) for e in ended] == [(Kind.ENDED, 10, EndReason.COMPLETE)]
+    assert ended[0].probability == 0.9
+
+
+def test_semantic_verdict_arriving_late_ends_at_once() -> None:
+    ep = Endpointer(SEMANTIC)
+    ep.push([0.9] * 10 + [0.0] * 9)  # 288 ms of silence, verdict still out
+    ended = ep.set_verdict(0.7, ep.pause)
+    assert [(e.kind, e.reason) for e in ended] == [(Kind.ENDED, EndReason.COMPLETE)]
+
+
+def test_semantic_unfinished_turn_waits_for_the_cap() -> None:
+    ep = Endpointer(SEMANTIC)
+    ep.push([0.9] * 10 + [0.0] * 4)
+    ep.set_verdict(0.1, ep.pause)
+    assert ep.push([0.0] * 27) == []  # 992 ms: still waiting
+    ended = ep.push([0.0])
+    assert [(e.kind, e.reason, e.probability) for e in ended] == [(Kind.ENDED, EndReason.MAX_WAIT, 0.1)]
+
+
+def test_semantic_verdict_of_an_earlier_pause_is_ignored() -> None:
+    ep = Endpointer(SEMANTIC)
+    ep.push([0.9] * 10 + [0.0] * 4)
+    first = ep.pause
+    ep.push([0.9] * 5 + [0.0] * 4)  # speech resumed, a second pause began
+    assert ep.set_verdict(0.99, first) == []
+    assert ep.push([0.0] * 10) == []  # no verdict for this pause: not ended at the short wait
+
+
+def test_fixed_silence_reports_its_reason() -> None:
+    ended = [e for e in Endpointer(OPTS).push([0.9] * 10 + [0.0] * 12) if e.kind is Kind.ENDED]
+    assert ended[0].reason is EndReason.SILENCE and ended[0].probability is None

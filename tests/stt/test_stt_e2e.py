@@ -12,6 +12,7 @@ from voxgrid.services.stt.client import audio_chunks, recognize
 from tests.stt.conftest import ASTERISK_DIR, asterisk_prompts, at_16k, with_silence, word_error_rate
 from voxgrid.audio import MULAW, AudioSpec, pcm16_spec, read_wav
 from voxgrid.client import channel
+from voxgrid.errors import parse_error
 from voxgrid.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -160,6 +161,11 @@ async def test_bad_input_is_invalid_argument(stt_server, requests, needle) -> No
     err = await _status_of(stt_server[0], requests)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.details()
+    typed = parse_error(err)  # google.rpc details: a reason always, the field where one is at fault
+    assert typed.domain == "voxgrid.dev" and typed.reason in ("INVALID_CONFIG", "INVALID_REQUEST")
+    if needle in ("min_silence_ms", "large-v9"):
+        assert typed.reason == "INVALID_CONFIG"
+        assert typed.fields == [{"min_silence_ms": "config.endpointing.min_silence_ms"}.get(needle, "config.model")]
 
 
 async def test_bad_neighbour_and_disconnect_free_everything(stt_server, booking_speech) -> None:
