@@ -18,6 +18,7 @@ from voxgrid.services.duplex.engines.slot_sampling import SlotSampling
 from voxgrid.services.duplex.slot_scheduler import DuplexFrame, SessionFailure, SlotScheduler, SlotsExhausted
 
 from voxgrid.audio import AudioFormatError, AudioIn, AudioOut, AudioSpec
+from voxgrid.errors import Reason
 from voxgrid.server.streams import Outbox, StreamError, abort, bind_session, invalid, pump, read_config
 from voxgrid.v1 import audio_pb2, duplex_pb2, duplex_pb2_grpc
 
@@ -29,14 +30,15 @@ _FAILURE_CODES = {
     "stopping": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
-RETRY_AFTER_MS = "1000"
+RETRY_AFTER_S = 1.0  # RetryInfo, and the deprecated `retry-after-ms` trailer beside it
 
 
 def session_sampling(config: duplex_pb2.DuplexConfig, defaults: SlotSampling) -> SlotSampling:
     """The session's sampling: its own temperatures and seed where set, the model's defaults elsewhere."""
     for name in ("text_temperature", "audio_temperature"):
         if config.HasField(name) and not 0.0 <= getattr(config, name) <= 2.0:
-            raise invalid(f"config.{name} {getattr(config, name):g} is out of range: use 0 (greedy) to 2")
+            raise invalid(f"config.{name} {getattr(config, name):g} is out of range: use 0 (greedy) to 2",
+                          f"config.{name}", Reason.INVALID_CONFIG)
     return SlotSampling(
         text_temperature=config.text_temperature if config.HasField("text_temperature") else defaults.text_temperature,
         audio_temperature=(
@@ -56,7 +58,8 @@ def audio_specs(config: duplex_pb2.DuplexConfig) -> tuple[AudioSpec, AudioSpec]:
             if config.HasField("output_format") else in_spec
         )
     except AudioFormatError as exc:
-        raise invalid(str(exc)) from None
+        raise invalid(str(exc), "config.input_format" if "input_format" in str(exc) else "config.output_format",
+                      Reason.INVALID_CONFIG) from None
     return in_spec, out_spec
 
 
@@ -75,12 +78,12 @@ class DuplexServicer(duplex_pb2_grpc.DuplexServicer):
             in_spec, out_spec = audio_specs(config)
             sampling = session_sampling(config, model.default_sampling())
         except StreamError as err:
-            await abort(context, err.code, err.message)
+            await err.abort(context)
         try:
             session = self.scheduler.open_session(sampling, config.session_id)
         except SlotsExhausted as exc:
-            context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), reason=Reason.REPLICA_FULL,
+                        retry_after_s=RETRY_AFTER_S)
         except SessionFailure as exc:
             await abort(context, _FAILURE_CODES[exc.kind], exc.message)
         log.info("session joined slot %d (%s in, %s out)", session.slot, in_spec, out_spec)

@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 from voxgrid.services.tts.engines.base import TtsEngine
 from voxgrid.services.tts.scheduler import SynthesisScheduler
 from voxgrid.services.tts.servicer import TextToSpeechServicer
 from voxgrid.services.tts.settings import TtsSettings
+from voxgrid.services.tts.voices import find_voices
 
 from voxgrid.server.chassis import ServiceRuntime
 from voxgrid.v1 import tts_pb2, tts_pb2_grpc
+
+log = logging.getLogger("voxgrid.tts")
 
 Settings = TtsSettings
 
 
 def create_engine(settings: TtsSettings) -> TtsEngine:
+    custom = find_voices(settings.voices_dir)
     if settings.engine == "kokoro":
         from voxgrid.services.tts.engines.kokoro_engine import KokoroEngine
 
         return KokoroEngine(settings.kokoro_model_path, settings.kokoro_voices_path, settings.device,
-                            settings.onnx_threads, settings.kokoro_lang)
+                            settings.onnx_threads, settings.kokoro_lang, custom=custom)
     from voxgrid.services.tts.engines.piper_engine import PiperEngine
 
-    return PiperEngine(settings.extra_voice_paths(), settings.device, settings.onnx_threads)
+    if custom.styles or custom.blends:
+        log.info("voices_dir: Kokoro voices %s ignored by the Piper engine",
+                 ", ".join(sorted({*custom.styles, *custom.blends})))
+    return PiperEngine([*settings.extra_voice_paths(), *custom.piper], settings.device, settings.onnx_threads)
 
 
 class TtsRuntime(ServiceRuntime):

@@ -14,7 +14,8 @@ from voxgrid.services.tts.settings import TtsSettings
 from voxgrid.services.tts.stream import AudioEvent, SpeechStream, StreamOptions, TextLimitError
 
 from voxgrid.audio import AudioFormatError, AudioSpec, pcm16_spec
-from voxgrid.server.streams import StreamError, abort, bind_session, invalid, read_config
+from voxgrid.errors import Reason
+from voxgrid.server.streams import StreamError, bind_session, invalid, read_config
 from voxgrid.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger("voxgrid.tts")
@@ -27,7 +28,7 @@ def stream_options(config: tts_pb2.SynthesisConfig, settings: TtsSettings) -> St
         raise invalid(
             f"first_chunk_max_chars {first} is larger than this server's longest chunk "
             f"({settings.max_chunk_chars}): send 0 for the default ({settings.first_chunk_max_chars}) "
-            "or a smaller value"
+            "or a smaller value", "config.first_chunk_max_chars", Reason.INVALID_CONFIG,
         )
     language = config.language or "en"
     return StreamOptions(
@@ -60,7 +61,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         try:
             stream = self._open(config)
         except StreamError as err:
-            await abort(context, err.code, err.message)
+            await err.abort(context)
         errors: list[StreamError] = []
 
         async def reader() -> None:
@@ -82,7 +83,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                     break
                 yield _to_proto(event)
             if errors:
-                await abort(context, errors[0].code, errors[0].message)
+                await errors[0].abort(context)
         finally:
             stream.close()
             task.cancel()
@@ -93,15 +94,16 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         try:
             voice = self._engine.voice(config.voice or self._settings.default_voice)
         except UnknownVoiceError as exc:
-            raise invalid(str(exc)) from None
+            raise invalid(str(exc), "config.voice", Reason.INVALID_CONFIG) from None
         speed = config.speed or 1.0
         if not 0.5 <= speed <= 2.0:
-            raise invalid(f"speed {config.speed:g} is out of range: send a value in [0.5, 2.0], or 0 for 1.0")
+            raise invalid(f"speed {config.speed:g} is out of range: send a value in [0.5, 2.0], or 0 for 1.0",
+                          "config.speed", Reason.INVALID_CONFIG)
         try:
             spec = (AudioSpec.from_proto(config.output_format, what="output_format")
                     if config.HasField("output_format") else pcm16_spec(voice.sample_rate_hz))
         except AudioFormatError as exc:
-            raise invalid(str(exc)) from None
+            raise invalid(str(exc), "config.output_format", Reason.INVALID_CONFIG) from None
         return SpeechStream(self._scheduler, voice, speed, spec, stream_options(config, self._settings))
 
     @staticmethod

@@ -21,6 +21,12 @@ class TtsSettings(ServerSettings):
     extra_voices: str = Field(
         "", description="Comma-separated paths of extra Piper .onnx voices (each with its .onnx.json beside it)."
     )
+    voices_dir: Path | None = Field(
+        None, description="Folder of custom voices, each named by its file: a Piper voice (NAME.onnx with "
+        "NAME.onnx.json), a Kokoro style vector (NAME.npy/.pt, 510x1x256) or a Kokoro blend (NAME.blend: "
+        "`af_heart:0.7, am_adam:0.3`). Read at start, listed by ListVoices; a file the engine cannot use "
+        "stops the replica with a message naming it."
+    )
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="onnxruntime device: cpu, cuda, or auto (CUDA when onnxruntime-gpu has it)."
     )

@@ -18,6 +18,7 @@ from voxgrid.services.duplex.app import DuplexRuntime, Settings
 from tests.duplex.conftest import caller_audio
 from voxgrid.audio import MULAW, PCM16, AudioSpec, StreamResampler, decode, encode
 from voxgrid.client import channel
+from voxgrid.errors import parse_error
 from voxgrid.server.chassis import ServiceServer, start_server
 from voxgrid.v1 import audio_pb2, duplex_pb2, duplex_pb2_grpc
 
@@ -154,6 +155,9 @@ async def test_full_replica_refuses_then_a_disconnect_frees_and_resets_the_slot(
 
         err = await status_of(stub.Converse(config_only()))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        typed = parse_error(err)  # RetryInfo, and the deprecated trailer beside it for one release
+        assert typed.reason == "REPLICA_FULL" and typed.retry_after_s == 1.0
+        assert dict(err.trailing_metadata())["retry-after-ms"] == "1000"
 
         first.cancel()  # the client goes away mid-conversation
         runtime = srv.runtime

@@ -24,6 +24,7 @@ from tests.tts.conftest import (
 )
 from voxgrid.audio import MULAW, AudioSpec
 from voxgrid.client import channel
+from voxgrid.errors import parse_error
 from voxgrid.server.chassis import start_server
 from voxgrid.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 
@@ -268,6 +269,9 @@ async def test_bad_configs_are_invalid_argument(tts: TtsServer, config, needle: 
             pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.value.details()
+    typed = parse_error(err.value)  # the BadRequest names the config field
+    assert typed.reason == "INVALID_CONFIG" and len(typed.fields) == 1 and typed.fields[0].startswith("config.")
+    assert typed.fields[0].removeprefix("config.") in ("voice", "speed", "output_format", "first_chunk_max_chars")
 
 
 async def test_text_before_config_is_invalid_argument(tts: TtsServer) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from voxgrid.services.tts.engines.base import TtsEngine, Voice, onnx_providers, onnx_session_options
+from voxgrid.services.tts.voices import VoiceFiles, kokoro_styles
 
 log = logging.getLogger("voxgrid.tts.kokoro")
 SAMPLE_RATE = 24000
@@ -39,7 +40,7 @@ class KokoroEngine(TtsEngine):
     name = "kokoro"
 
     def __init__(self, model_path: Path | None = None, voices_path: Path | None = None, device: str = "auto",
-                 threads: int = 0, lang: str = "en-us") -> None:
+                 threads: int = 0, lang: str = "en-us", custom: VoiceFiles | None = None) -> None:
         self._model_path = model_path
         self._voices_path = voices_path
         self._device = device
@@ -47,6 +48,8 @@ class KokoroEngine(TtsEngine):
         self._lang = lang
         self._kokoro = None
         self._voices: list[Voice] = []
+        self._custom = custom or VoiceFiles()
+        self._styles: dict[str, np.ndarray] = {}  # custom voices: style files and blends (services/tts/voices.py)
 
     def load(self) -> None:
         import onnxruntime as ort
@@ -67,10 +70,18 @@ class KokoroEngine(TtsEngine):
                                        providers=onnx_providers(self._device))
         self._kokoro = Kokoro.from_session(session, str(voices))
         device = session.get_providers()[0]
+        packaged = sorted(self._kokoro.get_voices())
+        kokoro = self._kokoro
+        self._styles = kokoro_styles(
+            self._custom, lambda name: kokoro.get_voice_style(name) if name in packaged else None, packaged)
         self._voices = [
             Voice(name=name, engine=self.name, sample_rate_hz=SAMPLE_RATE, languages=(self._lang,),
                   properties={"device": device, "model": str(model)})
-            for name in sorted(self._kokoro.get_voices())
+            for name in packaged if name not in self._styles
+        ] + [
+            Voice(name=name, engine=self.name, sample_rate_hz=SAMPLE_RATE, languages=(self._lang,),
+                  properties={"device": device, "model": str(model), "custom": "true"})
+            for name in sorted(self._styles)
         ]
         log.info("loaded Kokoro %s with %d voices on %s", model, len(self._voices), device)
 
@@ -79,5 +90,7 @@ class KokoroEngine(TtsEngine):
 
     def synthesize(self, text: str, voice: str, speed: float) -> Iterator[np.ndarray]:
         assert self._kokoro is not None, "load() first"
-        audio, _ = self._kokoro.create(text, voice=self.voice(voice).name, speed=speed, lang=self._lang)
+        name = self.voice(voice).name
+        style: str | np.ndarray = self._styles.get(name, name)
+        audio, _ = self._kokoro.create(text, voice=style, speed=speed, lang=self._lang)
         yield np.asarray(audio, dtype=np.float32)
