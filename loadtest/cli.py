@@ -55,6 +55,28 @@ def capacity_markdown(cap: CapacityResult, metric: str) -> str:
             + f"\n\n**Capacity: {cap.capacity} concurrent sessions**")
 
 
+def cost_section(cost_file: str, service: str, capacity: int) -> tuple[str, dict]:  # type: ignore[type-arg]
+    """The report's "Cost" section: `voxgrid cost` with this search's capacity for `service`."""
+    import dataclasses
+
+    from voxgrid.cost import CostInputError, compute, load_inputs, markdown
+
+    try:
+        inputs = load_inputs(cost_file)
+        if service not in {s.name for s in inputs.services}:
+            raise CostInputError(f"services.{service} is not in {cost_file}: add it or pass --cost-service")
+        if capacity <= 0:
+            raise CostInputError("capacity is 0: no step met the SLO, so there is nothing to price")
+        inputs = dataclasses.replace(inputs, services=tuple(
+            dataclasses.replace(s, sessions_per_replica=float(capacity), source="this load test")
+            if s.name == service else s for s in inputs.services))
+    except CostInputError as exc:
+        return f"## Cost\n\nnot computed: {exc}", {"error": str(exc)}
+    result = compute(inputs)
+    return f"## Cost (capacity of {service} from this run; prices from {cost_file})\n\n{markdown(result)}", \
+        result.to_dict()
+
+
 async def loadtest(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.corpus or None)
     urls = metrics_urls(args)
@@ -86,9 +108,14 @@ async def loadtest(args: argparse.Namespace) -> int:
 
     cap = await search(step, args.slo_ms, args.max_error_rate, levels(1, 2.0, args.sessions), on_step)
     md = capacity_markdown(cap, merged.primary_metric)
-    write_report(merged, args.report, args.slo_ms, extra_json={"capacity": {
+    extra: dict = {"capacity": {  # type: ignore[type-arg]
         "slo_ms": cap.slo_ms, "max_error_rate": cap.max_error_rate, "capacity": cap.capacity,
-        "steps": [asdict(s) for s in cap.steps]}}, extra_md=md, concurrency_points=per_step)
+        "steps": [asdict(s) for s in cap.steps]}}
+    if args.cost:
+        cost_md, cost_json = cost_section(args.cost, args.cost_service or args.mode, cap.capacity)
+        md += "\n\n" + cost_md
+        extra["cost"] = cost_json
+    write_report(merged, args.report, args.slo_ms, extra_json=extra, extra_md=md, concurrency_points=per_step)
     print(md)
     print(f"\nreport: {args.report}/report.md")
     return 0
@@ -117,5 +144,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stack-base-port", type=int, default=0,
                    help="scrape every /metrics of a `voxgrid up --base-port PORT` stack")
     p.add_argument("--token", default="", help="bearer token for the target")
+    p.add_argument("--cost", default="", help="with --search: add a cost section priced by this `voxgrid cost` YAML")
+    p.add_argument("--cost-service", default="", help="the YAML service this run measured (default: the mode)")
     p.add_argument("--seed", type=int, default=1, help="random seed (utterance choice, think time, barge-ins)")
     p.set_defaults(func=loadtest)

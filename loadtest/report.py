@@ -12,6 +12,8 @@ from voxgrid.loadtest.results import PERCENTILES, RunResult, by_concurrency, sum
 
 from voxgrid.tables import table
 
+# Bumped when report.json changes shape; `voxgrid cost` refuses reports of another format.
+REPORT_FORMAT = 1
 # Metrics shown first in tables (when present), in pipeline order.
 KEY_METRICS = ("voice_to_voice_ms", "client_voice_to_voice_ms", "endpoint_wait_ms", "stt_finalization_ms",
                "llm_time_to_first_token_ms", "tts_time_to_first_audio_ms", "orchestration_overhead_ms",
@@ -117,7 +119,7 @@ def write_report(result: RunResult, out_dir: str | Path, slo_ms: float | None = 
     """Write report.json, report.md, latency_cdf.png and latency_vs_concurrency.png; return the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = result.to_dict()
+    data = {"report_format": REPORT_FORMAT, **result.to_dict()}
     if extra_json:
         data.update(extra_json)
     (out / "report.json").write_text(json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False))

@@ -1,9 +1,10 @@
 """The one audio-format layer: every byte of audio that enters or leaves voxgrid passes through here.
 
 Services work on float32 mono samples in [-1, 1] at their engine's native rate; the wire carries PCM16,
-G.711 mu-law or A-law at 8/16/22.05/24/48 kHz. Conversion happens once, where audio enters a session
-(`AudioIn`) or leaves it (`AudioOut`), with a streaming resampler whose state lives per stream so chunk
-boundaries leave no clicks.
+G.711 mu-law or A-law at 8/16/22.05/24/48 kHz, or Opus packets (one per message, voxgrid/opus.py).
+Conversion happens once, where audio enters a session (`AudioIn`) or leaves it (`AudioOut`), with a
+streaming resampler (and, for Opus, a codec) whose state lives per stream so chunk boundaries leave no
+clicks.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ SUPPORTED_RATES: tuple[int, ...] = (8000, 16000, 22050, 24000, 48000)
 PCM16 = audio_pb2.AUDIO_ENCODING_PCM16
 MULAW = audio_pb2.AUDIO_ENCODING_MULAW
 ALAW = audio_pb2.AUDIO_ENCODING_ALAW
+OPUS = audio_pb2.AUDIO_ENCODING_OPUS
 _BYTES_PER_SAMPLE = {PCM16: 2, MULAW: 1, ALAW: 1}
-_ENCODING_NAMES = {PCM16: "PCM16", MULAW: "MULAW", ALAW: "ALAW"}
+_ENCODING_NAMES = {PCM16: "PCM16", MULAW: "MULAW", ALAW: "ALAW", OPUS: "OPUS"}
 
 
 class AudioFormatError(ValueError):
@@ -36,19 +38,39 @@ class AudioSpec:
     encoding: int
     sample_rate_hz: int
     channels: int = 1
+    opus_bitrate_bps: int = 0  # Opus output only; 0 = the codec module's default
 
     @classmethod
-    def from_proto(cls, fmt: audio_pb2.AudioFormat | None, *, what: str = "format") -> AudioSpec:
-        """Validate a wire format; raise AudioFormatError naming the field and the accepted values."""
+    def from_proto(cls, fmt: audio_pb2.AudioFormat | None, *, what: str = "format", allow_opus: bool = False
+                   ) -> AudioSpec:
+        """Validate a wire format; raise AudioFormatError naming the field and the accepted values.
+
+        Opus is accepted only where the caller handles packets (`allow_opus`): the orchestrator's edge."""
         if fmt is None or (fmt.encoding == 0 and fmt.sample_rate_hz == 0):
             raise AudioFormatError(
-                f"{what} is required: set encoding (PCM16, MULAW or ALAW) and sample_rate_hz "
+                f"{what} is required: set encoding (PCM16, MULAW, ALAW or OPUS) and sample_rate_hz "
                 f"(one of {', '.join(map(str, SUPPORTED_RATES))})"
             )
-        if fmt.encoding not in _BYTES_PER_SAMPLE:
+        if fmt.encoding not in _ENCODING_NAMES:
             known = fmt.encoding in audio_pb2.AudioEncoding.values()
             name = audio_pb2.AudioEncoding.Name(fmt.encoding) if known else str(fmt.encoding)
-            raise AudioFormatError(f"{what}.encoding {name} is not supported: use PCM16, MULAW or ALAW")
+            raise AudioFormatError(f"{what}.encoding {name} is not supported: use PCM16, MULAW, ALAW or OPUS")
+        if fmt.encoding == OPUS:
+            from voxgrid.opus import MAX_BITRATE, MIN_BITRATE, OPUS_RATES
+
+            if not allow_opus:
+                raise AudioFormatError(f"{what}.encoding OPUS is not supported by this service: use PCM16, MULAW or "
+                                       "ALAW (the orchestrator's Converse takes Opus)")
+            if fmt.sample_rate_hz not in OPUS_RATES:
+                raise AudioFormatError(
+                    f"{what}.sample_rate_hz {fmt.sample_rate_hz} is not an Opus rate: use one of "
+                    f"{', '.join(map(str, OPUS_RATES))}"
+                )
+            if fmt.opus_bitrate_bps and not MIN_BITRATE <= fmt.opus_bitrate_bps <= MAX_BITRATE:
+                raise AudioFormatError(
+                    f"{what}.opus_bitrate_bps {fmt.opus_bitrate_bps} is out of range [{MIN_BITRATE}, "
+                    f"{MAX_BITRATE}] (0 = 24000)"
+                )
         if fmt.sample_rate_hz not in SUPPORTED_RATES:
             raise AudioFormatError(
                 f"{what}.sample_rate_hz {fmt.sample_rate_hz} is not supported: use one of "
@@ -57,13 +79,21 @@ class AudioSpec:
         channels = fmt.channels or 1
         if channels != 1:
             raise AudioFormatError(f"{what}.channels {channels} is not supported: send mono audio (1 channel)")
-        return cls(fmt.encoding, fmt.sample_rate_hz, channels)
+        return cls(fmt.encoding, fmt.sample_rate_hz, channels, fmt.opus_bitrate_bps if fmt.encoding == OPUS else 0)
 
     def to_proto(self) -> audio_pb2.AudioFormat:
-        return audio_pb2.AudioFormat(encoding=self.encoding, sample_rate_hz=self.sample_rate_hz, channels=self.channels)
+        return audio_pb2.AudioFormat(encoding=self.encoding, sample_rate_hz=self.sample_rate_hz, channels=self.channels,
+                                     opus_bitrate_bps=self.opus_bitrate_bps)
+
+    @property
+    def packetized(self) -> bool:
+        """True for Opus: a message is one codec packet, and its length says nothing about its duration."""
+        return self.encoding == OPUS
 
     @property
     def bytes_per_sample(self) -> int:
+        if self.encoding == OPUS:
+            raise AudioFormatError("Opus has no bytes per sample: use packet_duration_ms / AudioIn for its length")
         return _BYTES_PER_SAMPLE[self.encoding]
 
     def bytes_for_ms(self, ms: float) -> int:
@@ -72,6 +102,14 @@ class AudioSpec:
 
     def duration_ms(self, n_bytes: int) -> float:
         return 1000.0 * n_bytes / self.bytes_per_sample / self.sample_rate_hz
+
+    def message_ms(self, data: bytes) -> float:
+        """Audio length of one wire message in this format (an Opus packet, or PCM/G.711 bytes)."""
+        if self.encoding == OPUS:
+            from voxgrid.opus import packet_duration_ms
+
+            return packet_duration_ms(data)
+        return self.duration_ms(len(data))
 
     def __str__(self) -> str:
         return f"{_ENCODING_NAMES[self.encoding]} {self.sample_rate_hz} Hz mono"
@@ -124,7 +162,9 @@ def _alaw_encode(pcm: np.ndarray) -> np.ndarray:
 # --- bytes <-> float32 ------------------------------------------------------------------------------
 
 def decode(data: bytes, spec: AudioSpec) -> np.ndarray:
-    """Wire bytes to float32 mono in [-1, 1]; refuses a partial trailing sample."""
+    """Wire bytes to float32 mono in [-1, 1]; refuses a partial trailing sample. Opus (stateful) needs AudioIn."""
+    if spec.encoding == OPUS:
+        raise AudioFormatError("Opus audio keeps codec state per stream: decode it through AudioIn")
     if len(data) % spec.bytes_per_sample:
         raise AudioFormatError(
             f"audio chunk of {len(data)} bytes is not a whole number of {spec} samples "
@@ -143,7 +183,9 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
 
 
 def encode(samples: np.ndarray, spec: AudioSpec) -> bytes:
-    """float32 mono in [-1, 1] to wire bytes (clipped, rounded)."""
+    """float32 mono in [-1, 1] to wire bytes (clipped, rounded). Opus (stateful) needs AudioOut.packets."""
+    if spec.encoding == OPUS:
+        raise AudioFormatError("Opus audio keeps codec state per stream: encode it through AudioOut.packets")
     pcm = to_pcm16(np.asarray(samples, dtype=np.float32))
     if spec.encoding == PCM16:
         return pcm.tobytes()
@@ -172,16 +214,34 @@ class StreamResampler:
 
 
 class AudioIn:
-    """Where a client's audio enters a session: validate, decode, resample to the engine's rate."""
+    """Where a client's audio enters a session: validate, decode, resample to the engine's rate.
+
+    Opus: each `feed` is one packet; the stream's decoder lives here, decoding at 48 kHz."""
 
     def __init__(self, spec: AudioSpec, target_rate: int) -> None:
         self.spec = spec
         self.target_rate = target_rate
-        self._resampler = StreamResampler(spec.sample_rate_hz, target_rate)
-        self.received_samples = 0  # at the client's rate: the clock for stream offsets
+        self._opus = None
+        decoded_rate = spec.sample_rate_hz
+        if spec.encoding == OPUS:
+            from voxgrid.opus import OpusDecoder
+
+            self._opus = OpusDecoder()
+            decoded_rate = self._opus.rate
+        self._decoded_rate = decoded_rate
+        self._resampler = StreamResampler(decoded_rate, target_rate)
+        self.received_samples = 0  # at the decoded rate (the client's, or 48 kHz for Opus): the offset clock
 
     def feed(self, data: bytes) -> np.ndarray:
-        x = decode(data, self.spec)
+        if self._opus is not None:
+            from voxgrid.opus import OpusError
+
+            try:
+                x = self._opus.decode(data)
+            except OpusError as exc:
+                raise AudioFormatError(str(exc)) from exc
+        else:
+            x = decode(data, self.spec)
         self.received_samples += len(x)
         return self._resampler.process(x)
 
@@ -190,22 +250,40 @@ class AudioIn:
 
     @property
     def received_ms(self) -> float:
-        return 1000.0 * self.received_samples / self.spec.sample_rate_hz
+        return 1000.0 * self.received_samples / self._decoded_rate
 
 
 class AudioOut:
-    """Where engine audio leaves a session: resample from the engine's rate and encode for the client."""
+    """Where engine audio leaves a session: resample from the engine's rate and encode for the client.
+
+    `packets` works for every encoding (one message each); `feed`/`flush` return PCM or G.711 bytes and
+    refuse Opus, whose 20 ms packets must each go out as their own message."""
 
     def __init__(self, source_rate: int, spec: AudioSpec) -> None:
         self.spec = spec
         self.source_rate = source_rate
         self._resampler = StreamResampler(source_rate, spec.sample_rate_hz)
+        self._opus = None
+        if spec.encoding == OPUS:
+            from voxgrid.opus import OpusEncoder
+
+            self._opus = OpusEncoder(spec.sample_rate_hz, spec.opus_bitrate_bps)
 
     def feed(self, samples: np.ndarray) -> bytes:
         return encode(self._resampler.process(samples), self.spec)
 
     def flush(self) -> bytes:
         return encode(self._resampler.process(np.zeros(0, dtype=np.float32), last=True), self.spec)
+
+    def packets(self, samples: np.ndarray, last: bool = False) -> list[bytes]:
+        """Wire messages for `samples`: Opus packets (20 ms each; `last` pads and flushes the final one), or
+        one PCM/G.711 message (none when empty)."""
+        y = self._resampler.process(samples, last=last)
+        if self._opus is None:
+            data = encode(y, self.spec)
+            return [data] if data else []
+        out = self._opus.encode(y)
+        return out + self._opus.flush() if last else out
 
 
 def frames(samples: np.ndarray, frame_len: int) -> list[np.ndarray]:

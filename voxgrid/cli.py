@@ -36,6 +36,7 @@ CLIENT_COMMANDS: tuple[str, ...] = (
     "voxgrid.services.duplex.cli",
     "voxgrid.orchestrator.cli",
     "voxgrid.loadtest.cli",
+    "voxgrid.cost",
 )
 
 

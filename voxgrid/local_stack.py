@@ -98,13 +98,20 @@ def use_llm_engine(children: list[Child], engine: str, python: str) -> None:
     """Run the stack's LLM service with `engine` under `python`.
 
     vLLM on CPU starts without torch.compile unless told otherwise: about 40 s instead of 2.5 min on
-    every start, at the same speed per token (`benchmarks/bench_llm.py`).
+    every start, at the same speed per token (`benchmarks/bench_llm.py`). The transformers engine runs
+    the same weights in float32 unless told otherwise: on a CPU without bf16 matrix units (this machine:
+    no AVX512-bf16) its prefill was 1.8-3.3x faster than bfloat16 side by side, at about the same decode
+    speed (`bench_llm.py --engines transformers:dtype=bfloat16,transformers:dtype=float32`).
     """
     for child in children:
         if child.name == "llm":
             child.env["VOXGRID_LLM_ENGINE"] = engine
             if engine == "vllm" and "VOXGRID_LLM_ENFORCE_EAGER" not in os.environ:
                 child.env["VOXGRID_LLM_ENFORCE_EAGER"] = "true"
+            if engine == "transformers" and "VOXGRID_LLM_DTYPE" not in os.environ:
+                child.env["VOXGRID_LLM_DTYPE"] = "float32"
+            elif engine != "transformers":
+                child.env.pop("VOXGRID_LLM_DTYPE", None)
             child.python = python
 
 

@@ -47,3 +47,16 @@ def test_an_operator_choice_of_eager_mode_is_kept(monkeypatch: pytest.MonkeyPatc
     assert "VOXGRID_LLM_ENFORCE_EAGER" not in children[0].env  # the child inherits the operator's value
     use_llm_engine(children, "transformers", sys.executable)
     assert children[0].env["VOXGRID_LLM_ENGINE"] == "transformers"
+
+
+def test_the_local_transformers_engine_runs_float32_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOXGRID_LLM_DTYPE", raising=False)
+    children = plan(["llm", "tts"], 50051)
+    use_llm_engine(children, "transformers", sys.executable)
+    assert children[0].env["VOXGRID_LLM_DTYPE"] == "float32" and "VOXGRID_LLM_DTYPE" not in children[1].env
+    use_llm_engine(children, "vllm", sys.executable)
+    assert "VOXGRID_LLM_DTYPE" not in children[0].env  # vLLM keeps its own default
+    monkeypatch.setenv("VOXGRID_LLM_DTYPE", "bfloat16")
+    children = plan(["llm"], 50051)
+    use_llm_engine(children, "transformers", sys.executable)
+    assert "VOXGRID_LLM_DTYPE" not in children[0].env  # the child inherits the operator's bfloat16
