@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+from voxgrid.orchestrator import telemetry
 from voxgrid.orchestrator.discovery import parse_discovery
 from voxgrid.orchestrator.knowledge import KnowledgeBase, load_collections
+from voxgrid.orchestrator.profiles import ProfileStore
 from voxgrid.orchestrator.readiness import StageReadiness
 from voxgrid.orchestrator.routing import BackendPool
 from voxgrid.orchestrator.servicer import AgentServicer
@@ -37,7 +41,10 @@ class AgentRuntime(ServiceRuntime):
                                  tts=pool("tts", tts_pb2_grpc.TextToSpeechStub))
         self.backends_duplex = pool("duplex", duplex_pb2_grpc.DuplexStub) if settings.duplex_backends else None
         self.knowledge: dict[str, KnowledgeBase] = {}
+        self.profiles = ProfileStore(settings.profiles_file, settings.default_profile)
+        self.profiles.load()  # a bad profile file stops the replica here, naming the profile and field
         self.readiness: StageReadiness | None = None
+        self._loop_watch: asyncio.Task[None] | None = None
 
     def service_names(self) -> list[str]:
         return [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name]
@@ -54,6 +61,7 @@ class AgentRuntime(ServiceRuntime):
                 *([self.backends_duplex] if self.backends_duplex else [])]
 
     async def start(self) -> None:
+        self._loop_watch = asyncio.create_task(telemetry.watch_event_loop())
         self.knowledge = load_collections(self.settings.knowledge_dir)
         for p in self.pools():
             await p.start()
@@ -61,6 +69,8 @@ class AgentRuntime(ServiceRuntime):
             await self.readiness.start()
 
     async def stop(self) -> None:
+        if self._loop_watch is not None:
+            self._loop_watch.cancel()
         if self.readiness is not None:
             await self.readiness.stop()
         for p in self.pools():

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from google.protobuf import field_mask_pb2
 
-from voxgrid.audio import AudioOut, AudioSpec, decode
+from voxgrid.audio import AudioIn, AudioOut, AudioSpec, decode
+from voxgrid.errors import ErrorDetails, from_status, parse_error
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
 TE = agent_pb2.TurnEvent
@@ -36,10 +38,36 @@ class CallRecord:
         return [t.text for t in self.of("user_transcript") if t.is_final]
 
     def agent_text(self, turn_id: int | None = None) -> str:
+        """The agent's text from its deltas (a final AgentText carries no delta, only `full_text`)."""
         return "".join(t.text for t in self.of("agent_text") if turn_id is None or t.turn_id == turn_id)
 
+    @property
+    def started(self) -> agent_pb2.SessionStarted | None:
+        """The session id and effective config the server sent first (None until it arrived)."""
+        first = self.responses[0][1] if self.responses else None
+        return first.session_started if first is not None and first.HasField("session_started") else None
+
+    def notices(self) -> list[tuple[agent_pb2.SessionNotice, ErrorDetails]]:
+        """Each in-stream problem with its parsed status (reason, field violations, retry delay)."""
+        return [(n, notice_details(n)) for n in self.of("notice")]
+
+    def usage(self, turn_id: int | None = None) -> list[agent_pb2.UsageReport]:
+        """Usage reports: per agent turn (`turn_id`), and the session's totals (`final`, sent last)."""
+        return [u for u in self.of("usage") if turn_id is None or u.turn_id == turn_id]
+
+    @property
+    def final_usage(self) -> agent_pb2.UsageTotals | None:
+        """The session's usage totals (None until the stream's last report arrived)."""
+        final = [u for u in self.of("usage") if u.final]
+        return final[-1].usage if final else None
+
     def agent_audio(self, spec: AudioSpec, turn_id: int | None = None) -> np.ndarray:
-        chunks = [decode(a.data, spec) for a in self.of("agent_audio") if turn_id is None or a.turn_id == turn_id]
+        data = [a.data for a in self.of("agent_audio") if turn_id is None or a.turn_id == turn_id]
+        if spec.packetized:  # Opus: one packet per message, decoded in order by one decoder
+            opus = AudioIn(spec, spec.sample_rate_hz)
+            chunks = [opus.feed(d) for d in data]
+        else:
+            chunks = [decode(d, spec) for d in data]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
@@ -56,6 +84,7 @@ class AgentCall:
         self._queue.put_nowait(agent_pb2.ConverseRequest(config=config))
         self._stub = stub
         self.record = CallRecord()
+        self.audio_bytes_sent = 0
         self._changed = asyncio.Event()
         self.done = asyncio.Event()
         self.error: grpc.aio.AioRpcError | None = None
@@ -78,6 +107,17 @@ class AgentCall:
         if self._reader is not None:
             self._reader.cancel()
 
+    @property
+    def error_details(self) -> ErrorDetails | None:
+        """Why the call failed, typed: reason, field violations, retry delay (None while it has not failed)."""
+        return parse_error(self.error) if self.error is not None else None
+
+    async def wait_started(self, timeout_s: float = 30.0) -> agent_pb2.SessionStarted:
+        """The session's SessionStarted (its id and effective config); raises if the call failed first."""
+        await self.wait_for(lambda rec: rec.started is not None, timeout_s)
+        assert self.record.started is not None
+        return self.record.started
+
     async def _read(self) -> None:
         assert self.call is not None
         try:
@@ -92,6 +132,8 @@ class AgentCall:
             self._changed.set()
 
     def send(self, request: agent_pb2.ConverseRequest) -> None:
+        if request.WhichOneof("request") == "audio":
+            self.audio_bytes_sent += len(request.audio)  # to check the server's usage record against
         self._queue.put_nowait(request)
 
     def send_audio(self, data: bytes) -> None:
@@ -99,6 +141,27 @@ class AgentCall:
 
     def interrupt(self) -> None:
         self.send(agent_pb2.ConverseRequest(control=agent_pb2.AgentControl(action=agent_pb2.AgentControl.ACTION_INTERRUPT)))
+
+    def update(self, config: agent_pb2.SessionConfig, *paths: str) -> None:
+        """Live update: the fields named by `paths` (e.g. "system_prompt", "sampling.temperature", "profile")
+        are taken from `config`; the answer is an `updated` response, or a notice naming the field."""
+        self.send(agent_pb2.ConverseRequest(update=agent_pb2.UpdateSession(
+            config=config, update_mask=field_mask_pb2.FieldMask(paths=list(paths)))))
+
+    def say(self, text: str, interruptible: bool | None = None) -> None:
+        """Have the agent speak `text` now (or right after the turn in flight); it joins the history."""
+        say = agent_pb2.SayText(text=text)
+        if interruptible is not None:
+            say.interruptible = interruptible
+        self.send(agent_pb2.ConverseRequest(say=say))
+
+    def add_message(self, role: str, text: str) -> None:
+        """Add a "user", "assistant" or "system" message to the agent's context, without speaking."""
+        self.send(agent_pb2.ConverseRequest(add_message=agent_pb2.UpdateContext(role=role, text=text)))
+
+    def end(self) -> None:
+        """AgentControl END: the agent stops now; the stream ends after the final usage report."""
+        self.send(agent_pb2.ConverseRequest(control=agent_pb2.AgentControl(action=agent_pb2.AgentControl.ACTION_END)))
 
     def close(self) -> None:
         """Half-close: the agent finishes the turn in flight, then ends the stream."""
@@ -111,20 +174,30 @@ class AgentCall:
         Returns when the last frame went out (time.monotonic()).
         """
         wire = AudioOut(rate, self.spec)
-        data = wire.feed(samples) + wire.flush()
-        step = self.spec.bytes_for_ms(frame_ms)
+        if self.spec.packetized:  # Opus: one 20 ms packet per message
+            messages = wire.packets(samples, last=True)
+            frame_ms = 20
+        else:
+            data = wire.feed(samples) + wire.flush()
+            step = self.spec.bytes_for_ms(frame_ms)
+            messages = [data[start : start + step] for start in range(0, len(data), step)]
         t0 = time.monotonic()
-        for i, start in enumerate(range(0, len(data), step)):
+        for i, message in enumerate(messages):
             if stop is not None and stop.is_set():
                 break
             if realtime:
                 await asyncio.sleep(max(0.0, t0 + i * frame_ms / 1000 - time.monotonic()))
-            self.send_audio(data[start : start + step])
+            self.send_audio(message)
         return time.monotonic()
 
     async def silence(self, seconds: float, frame_ms: int = 20, until: Callable[[], bool] | None = None) -> None:
         """Keep the line open with silence (a real caller's microphone never stops sending)."""
-        frame = AudioOut(16000, self.spec).feed(np.zeros(int(16000 * frame_ms / 1000), np.float32))
+        quiet = np.zeros(int(16000 * frame_ms / 1000), np.float32)
+        if self.spec.packetized:  # one Opus packet of silence, sent again and again
+            frame_ms = 20
+            frame = AudioOut(16000, self.spec).packets(quiet[:320], last=True)[0]
+        else:
+            frame = AudioOut(16000, self.spec).feed(quiet)
         t0 = time.monotonic()
         i = 0
         while time.monotonic() - t0 < seconds:
@@ -138,7 +211,7 @@ class AgentCall:
         deadline = time.monotonic() + timeout_s
         while not predicate(self.record):
             if self.done.is_set():
-                raise RuntimeError(f"the call ended before the expected event ({self.error})")
+                raise RuntimeError(f"the call ended before the expected event ({describe(self.error_details)})")
             self._changed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -152,6 +225,31 @@ class AgentCall:
         """Predicate: that agent turn finished or was interrupted."""
         kinds = (TE.KIND_AGENT_STOPPED_SPEAKING, TE.KIND_INTERRUPTED)
         return lambda rec: any(e.turn_id == turn_id and e.kind in kinds for e in rec.events())
+
+
+def notice_details(notice: agent_pb2.SessionNotice) -> ErrorDetails:
+    """A notice's status, typed; notices from servers older than `status` give code and message only."""
+    if notice.HasField("status"):
+        return from_status(notice.status)
+    return ErrorDetails(next((c for c in grpc.StatusCode if c.value[0] == notice.code), grpc.StatusCode.UNKNOWN),
+                        notice.message)
+
+
+def describe(err: ErrorDetails | None) -> str:
+    """One line a person can act on: code, reason, fields, retry delay and the server's message."""
+    if err is None:
+        return "no error"
+    parts = [err.code.name + (f" ({err.reason})" if err.reason else "")]
+    if err.field_violations:
+        parts.append("field " + ", ".join(err.fields))
+    if err.retry_after_s is not None:
+        parts.append(f"retry after {err.retry_after_s:g} s")
+    return ", ".join(parts) + f": {err.message}"
+
+
+async def list_profiles(stub: agent_pb2_grpc.AgentStub, timeout_s: float = 10.0) -> agent_pb2.ListProfilesResponse:
+    """The agent profiles the orchestrator serves (name, description, mode, language, voice, adapter)."""
+    return await stub.ListProfiles(agent_pb2.ListProfilesRequest(), timeout=timeout_s)
 
 
 def session_config(rate: int = 16000, encoding: int = 1, **kw: object) -> agent_pb2.SessionConfig:

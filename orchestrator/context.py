@@ -4,6 +4,11 @@ Memory per session is bounded by a token budget: the oldest turns leave the wind
 turns can be folded into a short running note pinned after the system prompt (extractive: the first
 sentence of each evicted user and agent message), so the agent keeps the gist without an extra LLM call
 on the critical path.
+
+Hybrid mode keeps the caller's speech in user turns (`Message.audio`) for a speech-in LLM. Audio is
+bounded the same way: only the newest user turn is sent with its audio; every older one is sent as its
+transcript (or `INAUDIBLE` when it has none yet), so a long call never resends minutes of speech, and the
+window budget counts those turns by their text.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from voxgrid.v1 import audio_pb2, llm_pb2
 ROLE = {"system": llm_pb2.ROLE_SYSTEM, "user": llm_pb2.ROLE_USER, "assistant": llm_pb2.ROLE_ASSISTANT,
         "tool": llm_pb2.ROLE_TOOL}
 MAX_NOTE_CHARS = 1200
+# What an older audio turn says when no transcript of it exists (transcription failed or is still running).
+INAUDIBLE = "[inaudible]"
 
 
 def estimate_tokens(text: str) -> int:
@@ -29,10 +36,21 @@ class Message:
     content: str
     tool_calls: list[audio_pb2.ToolCall] = field(default_factory=list)
     tool_call_id: str = ""
+    # Hybrid mode: the caller's speech for this user turn; `content` is then its transcript ("" until known).
+    audio: llm_pb2.AudioClip | None = None
+    # Added by the application (live control's add_message), not said by the caller: never merged with a turn.
+    added: bool = False
 
-    def to_proto(self) -> llm_pb2.ChatMessage:
-        return llm_pb2.ChatMessage(role=ROLE[self.role], content=self.content, tool_calls=self.tool_calls,
-                                   tool_call_id=self.tool_call_id)
+    def to_proto(self, with_audio: bool = False) -> llm_pb2.ChatMessage:
+        """The wire message; an audio turn carries its audio only ``with_audio``, else its transcript."""
+        message = llm_pb2.ChatMessage(role=ROLE[self.role], content=self.content, tool_calls=self.tool_calls,
+                                      tool_call_id=self.tool_call_id)
+        if self.audio is not None:
+            if with_audio:
+                message.audio.CopyFrom(self.audio)
+            elif not self.content:
+                message.content = INAUDIBLE
+        return message
 
     @property
     def tokens(self) -> int:
@@ -86,12 +104,22 @@ class Conversation:
                         self.note += f"{who}: {_first_sentence(m.content)} "
                 self.note = self.note[-MAX_NOTE_CHARS:]
 
-    def messages(self, pending_user: str | None = None) -> list[llm_pb2.ChatMessage]:
+    def messages(
+        self, pending_user: str | None = None, pending_audio: llm_pb2.AudioClip | None = None
+    ) -> list[llm_pb2.ChatMessage]:
+        """The next request's messages. Only the newest user turn (the pending one, when given) keeps its
+        audio; older audio turns go as their transcripts."""
         system = self.system_prompt
         if self.note:
             system += f"\n\nEarlier in this conversation (summary): {self.note.strip()}"
         out = [llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=system)]
-        out += [m.to_proto() for m in self.history]
-        if pending_user:
-            out.append(llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=pending_user))
+        pending = pending_user or pending_audio is not None
+        users = [i for i, m in enumerate(self.history) if m.role == "user"]
+        newest = None if pending or not users else users[-1]
+        out += [m.to_proto(with_audio=i == newest) for i, m in enumerate(self.history)]
+        if pending:
+            message = llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=pending_user or "")
+            if pending_audio is not None:
+                message.audio.CopyFrom(pending_audio)
+            out.append(message)
         return out

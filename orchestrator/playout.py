@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from voxgrid.orchestrator import telemetry
+
 from voxgrid.v1 import agent_pb2, audio_pb2
 
 
@@ -27,6 +29,19 @@ class Chunk:
     chunk_offset_ms: float  # offset of the chunk in its TTS utterance
     base_chars: int  # where the utterance's text starts in the turn's text; -1 for filler speech
     turn_offset_ms: float = 0.0  # offset of the chunk in the turn's audio (set when queued)
+    arrived_at: float = 0.0  # when its TTS message arrived (telemetry: the tts->agent_audio hop)
+
+
+def turn_mark(chunk: Chunk) -> audio_pb2.SpeechMark:
+    """The chunk's TTS mark as the caller gets it: characters of the turn's text, not of its TTS utterance
+    (a turn is spoken as several utterances: a first phrase by time, tool rounds)."""
+    if chunk.base_chars <= 0 or not chunk.mark.text:
+        return chunk.mark
+    mark = audio_pb2.SpeechMark()
+    mark.CopyFrom(chunk.mark)
+    mark.text_start += chunk.base_chars
+    mark.text_end += chunk.base_chars
+    return mark
 
 
 class Playout:
@@ -50,6 +65,7 @@ class Playout:
         self.held = False  # a speculative turn's audio waits for the endpoint; a paused turn's too
         self.paused_at = 0.0  # when a possible barge-in paused the sending
         self.first_ready_at = 0.0  # when the turn's first chunk was queued
+        self.released_at = 0.0  # when held audio was last let go (the hop of a held first chunk starts there)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -107,6 +123,7 @@ class Playout:
     def release(self) -> None:
         """The endpoint confirmed a speculative turn: its audio may go out now."""
         self.held = False
+        self.released_at = time.monotonic()
         self._wake.set()
 
     def clear(self) -> None:
@@ -181,8 +198,12 @@ class Playout:
             self.sent.append(chunk)
             self.sent_ms = chunk.turn_offset_ms + chunk.duration_ms
             self._send(agent_pb2.ConverseResponse(agent_audio=agent_pb2.AgentAudio(
-                turn_id=chunk.turn_id, data=chunk.data, audio_offset_ms=int(chunk.turn_offset_ms), mark=chunk.mark)))
+                turn_id=chunk.turn_id, data=chunk.data, audio_offset_ms=int(chunk.turn_offset_ms),
+                mark=turn_mark(chunk))))
             if first:
+                if chunk.arrived_at:
+                    telemetry.HOP.labels("tts->agent_audio").observe(
+                        time.monotonic() - max(chunk.arrived_at, self.released_at))
                 self._on_first_audio(chunk.turn_id)
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ import grpc
 from voxgrid.orchestrator.discovery import Discovery
 
 from voxgrid.client import channel, health_status
+from voxgrid.errors import details_of
 from voxgrid.server.interceptors import ADMITTED_HEADER
 
 log = logging.getLogger("voxgrid.orchestrator.routing")
@@ -146,8 +147,9 @@ class BackendPool:
             code = await call.code()
             details = await call.details()
             if code in RETRIABLE:
-                retry_ms = next((v for k, v in (await call.trailing_metadata() or ()) if k == "retry-after-ms"), None)
-                self.cool_down(target, int(retry_ms) / 1000 if retry_ms and retry_ms.isdigit() else None)
+                # RetryInfo of a full replica (or the deprecated `retry-after-ms` trailer of an older one).
+                refusal = details_of(code, details or "", await call.trailing_metadata())
+                self.cool_down(target, refusal.retry_after_s)
                 last_error = f"{target}: {code.name} {details}"
                 log.info("%s replica %s refused (%s), trying another", self.stage, target, code.name)
                 continue

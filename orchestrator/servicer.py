@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from voxgrid.orchestrator.catalog import BackendCatalog
 from voxgrid.orchestrator.duplex_relay import DuplexRelay
+from voxgrid.orchestrator.effective import session_started
+from voxgrid.orchestrator.hybrid import HybridSpec
 from voxgrid.orchestrator.limits import InputLimits
+from voxgrid.orchestrator.modes import check_mode_fields
+from voxgrid.orchestrator.profiles import ProfileError, check_values
 from voxgrid.orchestrator.routing import BackendError
 from voxgrid.orchestrator.session import PipelineSession
 from voxgrid.orchestrator.tools import ToolRunner
 
 from voxgrid.audio import AudioSpec
+from voxgrid.audio_edge import check_edge_config
+from voxgrid.errors import Reason, config_field
 from voxgrid.server.streams import Outbox, abort, bind_session, pump, read_config
 from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2
 
@@ -27,40 +33,47 @@ if TYPE_CHECKING:
 
 def validate_config(config: agent_pb2.SessionConfig, runtime: AgentRuntime) -> None:
     """Everything that can be checked without a backend; ValueError says what to change."""
-    AudioSpec.from_proto(config.input_format, what="input_format")
+    AudioSpec.from_proto(config.input_format, what="input_format", allow_opus=True)
     if config.HasField("output_format"):
-        AudioSpec.from_proto(config.output_format, what="output_format")
-    if config.mode not in agent_pb2.AgentMode.values():
-        raise ValueError(f"mode {config.mode} is unknown: use AGENT_MODE_PIPELINE, AGENT_MODE_DUPLEX or "
-                         "AGENT_MODE_HYBRID")
-    if config.profile:
-        raise ValueError(f"profile {config.profile!r} is unknown: this orchestrator has no agent profiles configured")
-    if config.edge_audio.noise_suppression or config.edge_audio.echo_cancellation:
-        raise ValueError("edge_audio noise suppression and echo cancellation are not available on this "
-                         "orchestrator yet: leave them off")
-    s = config.sampling
-    if s.HasField("temperature") and not 0 <= s.temperature <= 2:
-        raise ValueError(f"sampling.temperature {s.temperature} is out of range [0, 2]")
-    if s.HasField("top_p") and not 0 < s.top_p <= 1:
-        raise ValueError(f"sampling.top_p {s.top_p} is out of range (0, 1]")
-    if s.HasField("max_tokens") and not 1 <= s.max_tokens <= 8192:
-        raise ValueError(f"sampling.max_tokens {s.max_tokens} is out of range [1, 8192]")
+        AudioSpec.from_proto(config.output_format, what="output_format", allow_opus=True)
+    check_values(config)
+    check_edge_config(config.edge_audio)
+    if config.edge_audio.echo_cancellation and config.mode == agent_pb2.AGENT_MODE_DUPLEX:
+        raise ValueError("edge_audio.echo_cancellation is not available in duplex mode (the duplex model hears "
+                         "its own voice by design): leave it off, or use AGENT_MODE_PIPELINE")
     ToolRunner.validate(list(config.tools), runtime.knowledge)
+
+
+async def config_abort(context: grpc.aio.ServicerContext, exc: ValueError) -> NoReturn:
+    """INVALID_ARGUMENT for a bad session config, with a BadRequest violation naming the field."""
+    field = config_field(exc, agent_pb2.SessionConfig.DESCRIPTOR)
+    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), reason=Reason.INVALID_CONFIG,
+                field=f"config.{field}" if field else "config")
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
-        self._voices: tuple[float, set[str]] = (0.0, set())
+        self.catalog = BackendCatalog(runtime.backends.tts, runtime.backends.llm)
 
-    async def voices(self) -> set[str]:
-        """Voices the TTS replicas offer (cached for a minute)."""
-        at, names = self._voices
-        if time.monotonic() - at > 60 or not names:
-            resp = await self.runtime.backends.tts.unary("ListVoices", audio_pb2.ListModelsRequest())
-            names = {m.name for m in resp.models}
-            self._voices = (time.monotonic(), names)
-        return names
+    async def ListProfiles(
+        self, request: agent_pb2.ListProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ListProfilesResponse:
+        store = self.runtime.profiles
+        await store.refresh()
+        return agent_pb2.ListProfilesResponse(profiles=[p.summary() for p in store.profiles()],
+                                              default_profile=store.default)
+
+    async def _hybrid_spec(self, context: grpc.aio.ServicerContext) -> HybridSpec:
+        """Hybrid mode needs an LLM that hears: FAILED_PRECONDITION naming the model at the start, never mid-call."""
+        model, speech_input = await self.catalog.speech_input()
+        if speech_input is None:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                        f"hybrid mode needs a speech-in LLM, but model {model!r} on the llm replicas cannot hear "
+                        "(ListModels: accepts_audio false): serve a speech-in model (Qwen2-Audio, Voxtral, ...; see "
+                        "docs/hybrid.md) or use AGENT_MODE_PIPELINE", reason=Reason.NOT_CONFIGURED, field="config.mode")
+        limit_ms = self.runtime.settings.max_utterance_audio_s * 1000
+        return HybridSpec(model, speech_input, min(limit_ms, speech_input.max_audio_ms or limit_ms))
 
     async def Converse(
         self, request_iterator: AsyncIterator[agent_pb2.ConverseRequest], context: grpc.aio.ServicerContext
@@ -69,40 +82,49 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         session_id = config.session_id or uuid.uuid4().hex[:12]
         bind_session(session_id)
         try:
+            client_config = config
+            config = await self.runtime.profiles.resolve(config)  # the profile, with this session's fields over it
             validate_config(config, self.runtime)
-        except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            check_mode_fields(config, client_config)  # e.g. a system prompt for DUPLEX: refused, not dropped
+        except (ProfileError, ValueError) as exc:
+            await config_abort(context, exc)
         out: Outbox[agent_pb2.ConverseResponse] = Outbox()
+        # First in the outbox, so first on the wire; dropped with the outbox if the session cannot start.
+        out.put(session_started(config, session_id, self.runtime.settings))
         session: Any
         mode = config.mode or agent_pb2.AGENT_MODE_PIPELINE
         try:
-            if mode == agent_pb2.AGENT_MODE_HYBRID:
-                await abort(context, grpc.StatusCode.UNIMPLEMENTED,
-                            "hybrid mode is not available on this orchestrator yet: use AGENT_MODE_PIPELINE")
+            hybrid = await self._hybrid_spec(context) if mode == agent_pb2.AGENT_MODE_HYBRID else None
             if mode == agent_pb2.AGENT_MODE_DUPLEX:
                 if self.runtime.backends_duplex is None:
                     await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                                "duplex mode is not configured on this orchestrator (set duplex_backends)")
+                                "duplex mode is not configured on this orchestrator (set duplex_backends)",
+                                field="config.mode")
                 session = DuplexRelay(config, session_id, self.runtime.backends_duplex, out)
             else:
-                if config.voice:
-                    voices = await self.voices()
-                    if config.voice not in voices:
-                        await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"voice {config.voice!r} is unknown; available: {', '.join(sorted(voices))}")
+                try:
+                    await self.catalog.check(config)
+                except ValueError as exc:
+                    await config_abort(context, exc)
                 s = self.runtime.settings
+                # An explicit "" persona (session or profile) means none; unset means the default one.
+                persona = "" if config.HasField("system_prompt") else s.default_system_prompt
                 session = PipelineSession(
                     config, session_id, self.runtime.backends,
                     ToolRunner(list(config.tools), self.runtime.knowledge, s.max_tool_result_chars),
-                    out, system_prompt=s.default_system_prompt, max_history_tokens=s.max_history_tokens,
+                    out, system_prompt=persona, max_history_tokens=s.max_history_tokens,
                     max_tokens=s.max_tokens, playout_lead_ms=s.playout_lead_ms,
                     reconnect_attempts=s.reconnect_attempts, limits=InputLimits.from_settings(s),
                     tts_first_chunk_chars=s.tts_first_chunk_chars,
-                    speculative_turns=s.speculative_turns)
+                    speculative_turns=s.speculative_turns, first_audio_after_ms=s.first_audio_after_ms,
+                    first_audio_min_words=s.first_audio_min_words, hybrid=hybrid)
+            if isinstance(session, PipelineSession):
+                session.control.attach(self.runtime, self.catalog)  # live updates: profiles, settings, voices
             await session.open()
         except BackendError as err:
             code = err.code if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED else grpc.StatusCode.UNAVAILABLE
-            await abort(context, code, f"{err.stage} stage: {err.message}")
+            await abort(context, code, f"{err.stage} stage: {err.message}", metadata={"stage": err.stage},
+                        reason=Reason.STAGE_UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else None)
 
         async def on_request(request: agent_pb2.ConverseRequest) -> None:
             session.post("client", request)

@@ -36,6 +36,13 @@ class Settings(ServerSettings):
     knowledge_dir: Path | None = Field(
         None, description="Folder of text documents for the knowledge tool; each subfolder is a collection, "
         "files directly inside form the collection `default`.")
+    profiles_file: Path | None = Field(
+        None, description="Agent profiles (YAML or JSON): {name: {description, then SessionConfig fields in "
+        "protobuf JSON: systemPrompt, greeting, voice, speed, adapter, language, mode, tools, turnTaking, "
+        "endpointing, edgeAudio, ...}}; a session picks one by SessionConfig.profile and overrides it field by "
+        "field. Checked at start, re-read when it changes (new sessions get the new profiles). In the chart: the "
+        "`profiles` value, mounted from a ConfigMap.")
+    default_profile: str = Field("", description="Profile of a session that names none; empty = none.")
     playout_lead_ms: int = Field(
         300, ge=0, description="How far ahead of real-time playback agent audio is sent: less makes barge-in "
         "stop sooner, more absorbs network jitter.")
@@ -43,9 +50,21 @@ class Settings(ServerSettings):
         16, ge=0, description="The agent starts speaking at the first clause or at the first word boundary past "
         "this many characters of the answer, whichever comes first (0 = the TTS replica's default). Small "
         "values cut first-audio latency when the LLM writes slower than a whole clause per 100 ms.")
+    first_audio_after_ms: int = Field(
+        120, ge=0, description="First audio by time: this long after the answer's first token, the whole words "
+        "written so far are spoken as the first phrase (at least first_audio_min_words), even if the LLM has not "
+        "reached a clause or tts_first_chunk_chars yet; the rest follows at clauses. 0 = by characters only "
+        "(the TTS replica cuts the first chunk).")
+    first_audio_min_words: int = Field(
+        3, ge=1, description="Whole words the first phrase needs before it is spoken (by time or characters); "
+        "two-word phrases measured worse intelligibility.")
     speculative_turns: bool = Field(
         True, description="Start the answer on STT's speculative preview (the caller fell silent, the endpoint "
         "has not fired yet) and release its audio at the endpoint; wasted LLM/TTS work when the caller resumes.")
+    max_utterance_audio_s: float = Field(
+        30.0, gt=0, description="Hybrid mode: the longest stretch of one caller utterance sent to the speech-in "
+        "LLM (also bounded by the model's own max audio); the session keeps this much of the caller's recent "
+        "audio. A longer utterance is answered from its last part, with a notice.")
     reconnect_attempts: int = Field(2, ge=0, description="Times a session re-opens a lost backend stage.")
     # Bounds on what one caller can make the LLM work through (orchestrator/limits.py).
     max_user_text_chars: int = Field(

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from voxgrid import metrics
+from voxgrid.v1 import agent_pb2
 
 
 class State(enum.Enum):
@@ -39,6 +40,11 @@ class Transition:
     src: State
     dst: State
     reason: str
+
+
+def session_state(state: State) -> agent_pb2.SessionState.ValueType:
+    """The wire enum of a state (TurnEvent.session_state): SESSION_STATE_<NAME>."""
+    return agent_pb2.SessionState.Value(f"SESSION_STATE_{state.name}")
 
 
 class IllegalTransition(RuntimeError):

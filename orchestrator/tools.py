@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from voxgrid.orchestrator.knowledge import KnowledgeBase
 from voxgrid.orchestrator.limits import bound_tool_result
 
+from voxgrid.errors import ConfigError
 from voxgrid.v1 import agent_pb2, audio_pb2
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# What AgentTool.timeout_ms / filler_after_ms = 0 mean (SessionStarted reports them).
+DEFAULT_TOOL_TIMEOUT_MS = 5000
+DEFAULT_FILLER_AFTER_MS = 700
 
 
 @dataclass
@@ -27,6 +31,7 @@ class ToolResult:
     text: str
     ok: bool
     seconds: float
+    timed_out: bool = False  # the tool did not answer within its timeout_ms
 
 
 class ToolRunner:
@@ -44,26 +49,29 @@ class ToolRunner:
             name = tool.schema.name
             where = f"tools[{i}] ({name or 'unnamed'})"
             if not NAME.match(name):
-                raise ValueError(f"{where}: name must match [a-zA-Z0-9_-]{{1,64}}")
+                raise ConfigError(f"tools[{i}].schema.name", f"{where}: name must match [a-zA-Z0-9_-]{{1,64}}")
             if name in seen:
-                raise ValueError(f"{where}: duplicate tool name")
+                raise ConfigError(f"tools[{i}].schema.name", f"{where}: duplicate tool name")
             seen.add(name)
             if tool.schema.parameters_json:
                 try:
                     schema = json.loads(tool.schema.parameters_json)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{where}: parameters_json is not valid JSON ({exc})") from exc
+                    raise ConfigError(f"tools[{i}].schema.parameters_json",
+                                      f"{where}: parameters_json is not valid JSON ({exc})") from exc
                 if not isinstance(schema, dict) or schema.get("type", "object") != "object":
-                    raise ValueError(f"{where}: parameters_json must be a JSON Schema of type object")
+                    raise ConfigError(f"tools[{i}].schema.parameters_json",
+                                      f"{where}: parameters_json must be a JSON Schema of type object")
             backend = tool.WhichOneof("backend")
             if backend is None:
-                raise ValueError(f"{where}: set a backend (http_url or knowledge_collection)")
+                raise ConfigError(f"tools[{i}]", f"{where}: set a backend (http_url or knowledge_collection)")
             if backend == "http_url" and not tool.http_url.startswith(("http://", "https://")):
-                raise ValueError(f"{where}: http_url must start with http:// or https://")
+                raise ConfigError(f"tools[{i}].http_url", f"{where}: http_url must start with http:// or https://")
             if backend == "knowledge_collection" and tool.knowledge_collection not in knowledge:
                 known = ", ".join(sorted(knowledge)) or "none (set knowledge_dir on the orchestrator)"
-                raise ValueError(f"{where}: unknown knowledge collection {tool.knowledge_collection!r}; "
-                                 f"available: {known}")
+                raise ConfigError(f"tools[{i}].knowledge_collection",
+                                  f"{where}: unknown knowledge collection {tool.knowledge_collection!r}; "
+                                  f"available: {known}")
 
     def schemas(self) -> list[audio_pb2.ToolSchema]:
         out = []
@@ -78,13 +86,13 @@ class ToolRunner:
 
     def timeout_s(self, name: str) -> float:
         tool = self.tools.get(name)
-        return (tool.timeout_ms or 5000) / 1000 if tool else 5.0
+        return (tool.timeout_ms if tool and tool.timeout_ms else DEFAULT_TOOL_TIMEOUT_MS) / 1000
 
     def filler(self, name: str) -> tuple[str, float]:
         tool = self.tools.get(name)
         if tool is None or not tool.filler:
             return "", 0.0
-        return tool.filler, (tool.filler_after_ms or 700) / 1000
+        return tool.filler, (tool.filler_after_ms or DEFAULT_FILLER_AFTER_MS) / 1000
 
     async def run(self, call: audio_pb2.ToolCall) -> ToolResult:
         start = time.monotonic()
@@ -105,7 +113,7 @@ class ToolRunner:
                     text = await self._http(tool.http_url, args)
             return ToolResult(bound_tool_result(text, self.max_result_chars), True, time.monotonic() - start)
         except TimeoutError:
-            return ToolResult(f"error: {call.name} did not answer in time", False, time.monotonic() - start)
+            return ToolResult(f"error: {call.name} did not answer in time", False, time.monotonic() - start, True)
         except Exception as exc:
             return ToolResult(f"error: {call.name} failed ({type(exc).__name__}: {exc})", False,
                               time.monotonic() - start)

@@ -115,3 +115,35 @@ async def test_a_tool_call_round_trip_with_the_real_model(real_stack, speech_dir
         assert "get_weather" not in answer  # no tool-call markup is ever spoken
         assert "18" in answer or "sunny" in answer or "eighteen" in answer
         assert call.record.events(TE.KIND_AGENT_STOPPED_SPEAKING)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_live_control_and_usage_with_real_models(real_stack, speech_dir) -> None:
+    """A spoken turn, a `say` and an `update` on the real stack; the usage record adds up to what was sent."""
+    stub, _ = real_stack
+    x = speech("What is the capital of France?", speech_dir)
+    async with AgentCall(stub, session_config()) as call:
+        await ask(call, x, 1)
+        call.update(agent_pb2.SessionConfig(system_prompt="You are a pirate. One short sentence."), "system_prompt")
+        call.say("Please hold the line.")
+        await call.silence(60, until=lambda: call.turn_over(2)(call.record) or call.done.is_set())
+        call.end()
+        await call.done.wait()
+        assert call.error is None, call.error
+        rec = call.record
+        assert [list(u.paths) for u in rec.of("updated")] == [["system_prompt"]]
+        assert rec.of("updated")[0].config.system_prompt.startswith("You are a pirate.")
+        said = [a for a in rec.of("agent_audio") if a.turn_id == 2]
+        assert said and said[-1].mark.text_end == len("Please hold the line.")
+        total = rec.final_usage
+        assert rec.responses[-1][1].usage.final
+        # Every byte the call sent was caller audio (PCM16 at 16 kHz); none was lost on the way to STT.
+        sent_s = call.audio_bytes_sent / (2 * RATE)
+        assert total.caller_audio_s == pytest.approx(sent_s, abs=1e-5) and total.stt_audio_s == total.caller_audio_s
+        assert total.agent_audio_sent_s == pytest.approx(
+            sum(len(a.data) for a in rec.of("agent_audio")) / (2 * RATE), abs=1e-5)
+        assert total.llm_requests == 1 and total.llm_output_tokens > 0
+        assert 0 <= total.llm_cached_prompt_tokens <= total.llm_prompt_tokens and total.llm_prompt_tokens > 20
+        answer = next(t.full_text for t in rec.of("agent_text") if t.is_final and t.turn_id == 1)
+        assert total.tts_characters == len(answer) + len("Please hold the line.")
+        assert total.turns == 2

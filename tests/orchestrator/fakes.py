@@ -194,6 +194,9 @@ class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
         self.token_delay_s = token_delay_s
         self.ttft_s = ttft_s
         self.engine = engine  # when set, answers come from its shared step loop (simulated prefill cost)
+        self.adapters: tuple[str, ...] = ()  # what ListModels says this replica serves
+        self.speech_input: llm_pb2.SpeechInputSpec | None = None  # set: ListModels says it hears (hybrid mode)
+        self.configs: list[llm_pb2.ChatConfig] = []
         self.requests: list[llm_pb2.GenerateRequest] = []
         self.prewarms = 0
         self.cancels = 0
@@ -209,8 +212,13 @@ class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
                 await asyncio.sleep(self.token_delay_s)
             yield piece
 
+    async def ListModels(self, request, context):
+        return llm_pb2.LanguageModelList(models=[llm_pb2.LanguageModelInfo(
+            name="fake", engine="fake", adapters=[llm_pb2.LoraAdapterInfo(name=a, rank=8) for a in self.adapters],
+            accepts_audio=self.speech_input is not None, speech_input=self.speech_input)])
+
     async def Chat(self, request_iterator, context):
-        await read_config(request_iterator, context)
+        self.configs.append(await read_config(request_iterator, context))
         out: Outbox = Outbox()
         running: dict[str, asyncio.Task] = {}
         ids = itertools.count(1)
@@ -228,11 +236,12 @@ class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
                         out.put(llm_pb2.ChatResponse(request_id=req.request_id,
                                                      delta=llm_pb2.TextDelta(text=word)))
                     reason = llm_pb2.FINISH_REASON_STOP
-                out.put(llm_pb2.ChatResponse(request_id=req.request_id,
-                                             done=llm_pb2.GenerationDone(finish_reason=reason)))
+                out.put(llm_pb2.ChatResponse(request_id=req.request_id, done=llm_pb2.GenerationDone(
+                    finish_reason=reason, prompt_tokens=prompt_tokens(list(req.messages)),
+                    completion_tokens=1 if isinstance(reply, audio_pb2.ToolCall) else len(words))))
             except asyncio.CancelledError:
                 out.put(llm_pb2.ChatResponse(request_id=req.request_id, done=llm_pb2.GenerationDone(
-                    finish_reason=llm_pb2.FINISH_REASON_CANCELLED)))
+                    finish_reason=llm_pb2.FINISH_REASON_CANCELLED, prompt_tokens=prompt_tokens(list(req.messages)))))
             finally:
                 running.pop(req.request_id, None)
 
@@ -267,12 +276,14 @@ class FakeTts(tts_pb2_grpc.TextToSpeechServicer):
     def __init__(self, ms_per_char: float = 60.0) -> None:
         self.ms_per_char = ms_per_char
         self.cancels = 0
+        self.configs: list[tts_pb2.SynthesisConfig] = []
 
     async def ListVoices(self, request, context):
         return audio_pb2.ListModelsResponse(models=[audio_pb2.ModelInfo(name=v, engine="fake") for v in self.voices])
 
     async def StreamingSynthesize(self, request_iterator, context):
         config = await read_config(request_iterator, context)
+        self.configs.append(config)
         spec = AudioSpec.from_proto(config.output_format) if config.HasField("output_format") else AudioSpec(1, 16000)
         out: Outbox = Outbox()
         st = {"uid": 1, "text": "", "spoken": 0, "offset": 0.0}

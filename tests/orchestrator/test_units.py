@@ -6,8 +6,9 @@ import pytest
 from voxgrid.orchestrator.context import Conversation, Message
 from voxgrid.orchestrator.knowledge import KnowledgeBase, load_collections
 from voxgrid.orchestrator.playout import Chunk, Playout
-from voxgrid.orchestrator.session import _cut_at_word, _is_backchannel
 from voxgrid.orchestrator.state import IllegalTransition, State, StateMachine
+from voxgrid.orchestrator.turn_taking import is_backchannel
+from voxgrid.orchestrator.turns import cut_at_word
 
 from voxgrid.v1 import audio_pb2, llm_pb2
 
@@ -64,11 +65,11 @@ def test_heard_text_follows_marks_and_cuts_at_words() -> None:
     p.sent = [Chunk(1, b"", 500, marks[0], 0, 0, 0), Chunk(1, b"", 500, marks[0], 500, 0, 500),
               Chunk(1, b"", 500, marks[1], 1000, 0, 1000)]
     assert p.heard_chars(1000) == 21
-    assert _cut_at_word(text, p.heard_chars(1000)) == "Paris is the capital,"
-    assert _cut_at_word(text, p.heard_chars(500)) == "Paris is"
-    assert _cut_at_word(text, p.heard_chars(1500)).startswith("Paris is the capital, and")
+    assert cut_at_word(text, p.heard_chars(1000)) == "Paris is the capital,"
+    assert cut_at_word(text, p.heard_chars(500)) == "Paris is"
+    assert cut_at_word(text, p.heard_chars(1500)).startswith("Paris is the capital, and")
     assert p.heard_chars(0) == 0
 
 
 def test_backchannels() -> None:
-    assert _is_backchannel("Uh-huh.") and _is_backchannel("okay") and not _is_backchannel("okay stop")
+    assert is_backchannel("Uh-huh.") and is_backchannel("okay") and not is_backchannel("okay stop")
