@@ -10,6 +10,14 @@ per call, paced like a microphone:
     speech frame sent -> first agent audio received), which adds the client hop and loopback.
 
     python benchmarks/bench_gateway.py [--questions 6]
+
+With `--transports` it compares the browser's two ways in instead (no direct calls): each question is asked
+over the WebSocket and over WebRTC (aiortc, Opus both ways, loopback ICE), alternating so both see the same
+machine load; the table gives the orchestrator's figure, the gateway edge's and what the caller saw (its
+last speech frame sent -> first agent audio received: for WebRTC this adds Opus and the receiver's jitter
+buffer).
+
+    python benchmarks/bench_gateway.py --transports [--questions 4]
 """
 
 from __future__ import annotations
@@ -52,11 +60,11 @@ async def ask_direct(stub: agent_pb2_grpc.AgentStub, speech: np.ndarray) -> floa
         return call.record.of("latency")[0].voice_to_voice_ms
 
 
-async def ask_gateway(url: str, speech: np.ndarray) -> tuple[float, float]:
-    """(orchestrator v2v, gateway-edge v2v) of one spoken question through /ws."""
+async def ask_gateway(url: str, speech: np.ndarray) -> tuple[float, float, float]:
+    """(orchestrator v2v, gateway-edge v2v, caller-seen v2v) of one spoken question through /ws, ms."""
     data = encode(speech, pcm16_spec(RATE))
     silence = bytes(FRAME)
-    state: dict = {"latency": None, "done": False}
+    state: dict = {"latency": None, "done": False, "first_audio": None}
 
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
         async def read() -> None:
@@ -67,18 +75,37 @@ async def ask_gateway(url: str, speech: np.ndarray) -> tuple[float, float]:
                         state["latency"] = ev
                     elif ev["type"] == "event" and ev["kind"] in ("agent_stopped_speaking", "interrupted"):
                         state["done"] = True
+                elif msg.type == aiohttp.WSMsgType.BINARY and state["first_audio"] is None:
+                    state["first_audio"] = time.monotonic()
 
         reader = asyncio.create_task(read())
         t0 = time.monotonic()
         frames = [silence] * 15 + [data[i:i + FRAME] for i in range(0, len(data), FRAME)]
         i = 0
+        last_speech = 0.0
         while not (state["done"] and state["latency"]) and time.monotonic() - t0 < 90:
             await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
             await ws.send_bytes(frames[i] if i < len(frames) else silence)
+            if i == len(frames) - 1:
+                last_speech = time.monotonic()
             i += 1
         reader.cancel()
     lat = state["latency"]
-    return lat["voice_to_voice_ms"], lat["edge_voice_to_voice_ms"]
+    return lat["voice_to_voice_ms"], lat["edge_voice_to_voice_ms"], (state["first_audio"] - last_speech) * 1000
+
+
+async def ask_webrtc(base_url: str, speech: np.ndarray) -> tuple[float, float, float]:
+    """(orchestrator v2v, gateway-edge v2v, caller-seen v2v) of one spoken question through /webrtc, ms."""
+    from voxgrid.gateway.webrtc_client import WebRTCCaller
+
+    async with WebRTCCaller(base_url) as c:
+        await c.wait(lambda c: bool(c.of("ready")), 15)
+        await c.say(np.concatenate([np.zeros(int(RATE * 0.3), np.float32), speech]), RATE)
+        await c.wait(lambda c: bool(c.of("latency")) and any(
+            e["kind"] in ("agent_stopped_speaking", "interrupted") for e in c.of("event")), 90)
+        lat = c.of("latency")[0]
+        first = next(t for t, _ in c.frames if t > c.mic_done_at)
+        return lat["voice_to_voice_ms"], lat["edge_voice_to_voice_ms"], (first - c.mic_done_at) * 1000
 
 
 class GatewayProcess:
@@ -86,7 +113,8 @@ class GatewayProcess:
         self.port = free_port()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "VOXGRID_GATEWAY_PORT": str(self.port),
                     "VOXGRID_GATEWAY_ORCHESTRATOR_BACKENDS": f"static:{orchestrator}",
-                    "VOXGRID_GATEWAY_LOG_LEVEL": "WARNING", "VOXGRID_GATEWAY_IDLE_TIMEOUT_S": "120"}
+                    "VOXGRID_GATEWAY_LOG_LEVEL": "WARNING", "VOXGRID_GATEWAY_IDLE_TIMEOUT_S": "120",
+                    "VOXGRID_GATEWAY_WEBRTC_ICE_ADDRESSES": "127.0.0.1"}
 
     async def __aenter__(self) -> GatewayProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "voxgrid", "serve", "gateway"], env=self.env)
@@ -106,7 +134,7 @@ class GatewayProcess:
         self.proc.wait(15)
 
 
-async def run(n_questions: int) -> None:
+async def run(n_questions: int, transports: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_gateway_"))
     speech = []
     for k, q in enumerate(QUESTIONS[:n_questions]):
@@ -118,14 +146,17 @@ async def run(n_questions: int) -> None:
                "VOXGRID_ORCHESTRATOR_TTS_BACKENDS": f"static:{tts.target}",
                "VOXGRID_ORCHESTRATOR_MAX_TOKENS": "30"}
         async with ServiceProcess("orchestrator", env) as orch, GatewayProcess(orch.target) as gw:
+            if transports:
+                await compare_transports(f"http://127.0.0.1:{gw.port}", speech)
+                return
             async with channel(orch.target) as ch:
                 stub = agent_pb2_grpc.AgentStub(ch)
                 await ask_direct(stub, speech[0])  # warm-up (first-call compile/alloc costs)
                 direct = [await ask_direct(stub, x) for x in speech]
             url = f"ws://127.0.0.1:{gw.port}/ws"
             via = [await ask_gateway(url, x) for x in speech]
-    orch_v, edge_v = zip(*via, strict=True)
-    hop = [e - o for o, e in via]
+    orch_v, edge_v, _ = zip(*via, strict=True)
+    hop = [e - o for o, e, _ in via]
     print(f"\nvoice-to-voice, {len(speech)} spoken questions, one per call (ms; real local stack on CPU)\n")
     print(table(["path", "turns", "p50 at orchestrator", "p50 at gateway edge",
                  "hop p50 (edge - orchestrator, per turn)", "hop max"], [
@@ -134,11 +165,34 @@ async def run(n_questions: int) -> None:
     ]))
 
 
+async def compare_transports(base_url: str, speech: list[np.ndarray]) -> None:
+    ws_url = base_url.replace("http", "ws", 1) + "/ws"
+    await ask_gateway(ws_url, speech[0])  # warm-up (first-call compile/alloc costs)
+    await ask_webrtc(base_url, speech[0])
+    rows: dict[str, list[tuple[float, float, float]]] = {"ws": [], "webrtc": []}
+    for x in speech:  # alternate, so a load spike lands on both
+        rows["ws"].append(await ask_gateway(ws_url, x))
+        rows["webrtc"].append(await ask_webrtc(base_url, x))
+    print(f"\nvoice-to-voice by browser transport, {len(speech)} spoken questions each, one per call "
+          "(ms, p50 and max; real local stack on CPU)\n")
+    names = {"ws": "WebSocket (PCM16 16 kHz)", "webrtc": "WebRTC (Opus 48 kHz, aiortc caller)"}
+    out = []
+    for key, got in rows.items():
+        o, e, c = zip(*got, strict=True)
+        hop = [b - a for a, b in zip(o, e, strict=True)]
+        out.append([names[key], len(got), pct(o, 50), pct(e, 50), max(e), pct(hop, 50), max(hop), pct(c, 50),
+                    max(c)])
+    print(table(["transport", "turns", "p50 at orchestrator", "p50 at gateway edge", "edge max",
+                 "hop p50 (edge - orchestrator, per turn)", "hop max", "p50 seen by the caller", "caller max"],
+                out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--transports", action="store_true", help="WebSocket vs WebRTC instead of direct vs gateway")
     args = parser.parse_args()
-    asyncio.run(run(args.questions))
+    asyncio.run(run(args.questions, args.transports))
 
 
 if __name__ == "__main__":

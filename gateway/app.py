@@ -1,6 +1,7 @@
-"""voxgrid gateway: browser pages and phone lines reach the agent over WebSockets.
+"""voxgrid gateway: browser pages and phone lines reach the agent over WebSockets or WebRTC.
 
-Serves the talk page (`/`), browser calls (`/ws`), telephony media streams (`/phone`, `/phone/<profile>`),
+Serves the talk page (`/`), browser calls (`/ws`; WebRTC offers on `POST /webrtc`, hung up with `DELETE
+/webrtc/<session>`), telephony media streams (`/phone`, `/phone/<profile>`),
 `/healthz`, `/readyz` and Prometheus `/metrics` on one HTTP port, and turns each socket into an
 orchestrator session routed like any client's (least-loaded replica, failover).
 """
@@ -12,7 +13,7 @@ import contextlib
 import hmac
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -22,7 +23,8 @@ from voxgrid.gateway.browser import BrowserCall
 from voxgrid.gateway.calls import CLOSE_GOING_AWAY, CallGate, GatewayMetrics
 from voxgrid.gateway.link import orchestrator_pool
 from voxgrid.gateway.phone import PhoneCall
-from voxgrid.gateway.profiles import ProfileError, Profiles
+from voxgrid.gateway.profiles import ProfileError, ProfileRoutes
+from voxgrid.gateway.rtc_net import OfferError, parse_addresses
 from voxgrid.gateway.settings import Settings
 
 from voxgrid.config import accepted_tokens
@@ -42,9 +44,12 @@ class GatewayServer:
         self.ctx = GatewayContext(
             pool=orchestrator_pool(settings.orchestrator_backends, settings.orchestrator_token,
                                    settings.connect_timeout_s, settings.dns_refresh_s),
-            profiles=Profiles.from_settings(settings.profiles, settings.profiles_file, settings.default_profile),
+            profiles=ProfileRoutes.from_settings(settings.profile_routes, settings.default_profile),
             gate=CallGate(settings.max_sessions, self.metrics), metrics=self.metrics,
             idle_timeout_s=settings.idle_timeout_s, sockets=set())
+        self.ice_addresses = parse_addresses(settings.webrtc_ice_addresses)
+        self.rtc_calls: dict[str, asyncio.Task[None]] = {}
+        self._rtc_hangups: dict[str, Callable[[], None]] = {}
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._metrics_httpd = None
@@ -61,6 +66,8 @@ class GatewayServer:
         app.router.add_get("/ws", self._browser)
         app.router.add_get("/phone", self._phone)
         app.router.add_get("/phone/{profile}", self._phone)
+        app.router.add_post("/webrtc", self._webrtc_offer)
+        app.router.add_delete("/webrtc/{session}", self._webrtc_hang_up)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -126,6 +133,52 @@ class GatewayServer:
         profile = request.match_info.get("profile") or request.query.get("profile", "")
         return await self._socket(request, PhoneCall, profile)
 
+    async def _webrtc_offer(self, request: web.Request) -> web.Response:
+        """WHIP-style: the SDP offer in, 201 with the SDP answer out; the call then runs on its own task."""
+        from voxgrid.gateway.webrtc import WebRTCCall
+
+        if not self._authorized(request):
+            self.metrics.refused.labels("auth").inc()
+            raise web.HTTPUnauthorized(text="missing or wrong token: send Authorization: Bearer <token> or "
+                                       "?token=<token>\n")
+        if request.content_type != "application/sdp":
+            raise web.HTTPUnsupportedMediaType(text=f"send the SDP offer as Content-Type: application/sdp, not "
+                                               f"{request.content_type or 'nothing'}\n")
+        if (request.content_length or 0) > self.settings.max_message_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.settings.max_message_bytes,
+                                                actual_size=request.content_length or 0)
+        refusal = self.ctx.gate.refusal()
+        if refusal is not None:
+            self.metrics.refused.labels("draining" if self.ctx.gate.draining else "full").inc()
+            raise web.HTTPServiceUnavailable(text=refusal[1] + "\n", headers={"Retry-After": "2"})
+        offer = await request.text()
+        try:
+            call, answer = await WebRTCCall.negotiate(
+                offer, self.ctx, request.query.get("profile", ""), ice_addresses=self.ice_addresses,
+                connect_timeout_s=self.settings.webrtc_connect_timeout_s)
+        except OfferError as exc:
+            self.metrics.errors.labels(WebRTCCall.kind, "bad_offer").inc()
+            return web.Response(status=exc.status, text=f"{exc}\n")
+        except ValueError as exc:  # aiortc could not apply it (malformed lines, no DTLS fingerprint, ...)
+            self.metrics.errors.labels(WebRTCCall.kind, "bad_offer").inc()
+            return web.Response(status=400, text=f"the SDP offer could not be applied: {exc}\n")
+        sid = call.session_id
+        task = asyncio.create_task(call.run(), name=f"webrtc-{sid}")
+        self.rtc_calls[sid] = task
+        self._rtc_hangups[sid] = call.hang_up
+        task.add_done_callback(lambda _t, s=sid: (self.rtc_calls.pop(s, None), self._rtc_hangups.pop(s, None)))
+        return web.Response(status=201, text=answer, content_type="application/sdp",
+                            headers={"Location": f"/webrtc/{sid}"})
+
+    async def _webrtc_hang_up(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="missing or wrong token\n")
+        hang_up = self._rtc_hangups.get(request.match_info["session"])
+        if hang_up is None:
+            raise web.HTTPNotFound(text="no such WebRTC call (already ended?)\n")
+        hang_up()
+        return web.Response(status=200, text="hung up\n")
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.ctx.pool.start()
@@ -139,8 +192,8 @@ class GatewayServer:
             self._metrics_httpd, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host,
                                                        registry=REGISTRY)
         self._ready = True
-        log.info("gateway listening on %s (orchestrators: %s; profiles: %s)", self.url,
-                 self.settings.orchestrator_backends, ", ".join(self.ctx.profiles.names) or "none")
+        log.info("gateway listening on %s (orchestrators: %s; profile routes: %s)", self.url,
+                 self.settings.orchestrator_backends, ", ".join(self.ctx.profiles.keys) or "none")
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Refuse new calls, let live ones finish within the grace period, then close the rest and stop."""
@@ -162,6 +215,9 @@ class GatewayServer:
             with contextlib.suppress(Exception):
                 await ws.close(code=CLOSE_GOING_AWAY, message=b"gateway shutting down: reconnect")
         await self.ctx.gate.wait_idle(2.0)
+        for task in list(self.rtc_calls.values()):  # a WebRTC call still negotiating holds no socket yet
+            task.cancel()
+        await asyncio.gather(*self.rtc_calls.values(), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.ctx.pool.close()
@@ -189,7 +245,7 @@ async def serve(settings: Settings) -> int:
     """`voxgrid serve gateway`: serve until SIGTERM/SIGINT, then drain; returns the exit code."""
     try:
         server = GatewayServer(settings)
-    except (ProfileError, OSError) as exc:
+    except (ProfileError, ValueError, OSError) as exc:
         log.error("gateway settings are unusable: %s", exc)
         return 1
     signals = SignalDrain(server)

@@ -22,7 +22,7 @@ from voxgrid.gateway import calls
 from voxgrid.gateway.calls import CallGate, GatewayMetrics
 from voxgrid.gateway.latency import EdgeClock
 from voxgrid.gateway.link import AgentLink
-from voxgrid.gateway.profiles import ProfileError, Profiles
+from voxgrid.gateway.profiles import ProfileRoutes
 from voxgrid.orchestrator.routing import BackendError, BackendPool
 
 from voxgrid.audio import AudioSpec
@@ -53,7 +53,7 @@ class GatewayContext:
     """What calls share: routing to the orchestrators, profiles, the call gate and metrics."""
 
     pool: BackendPool
-    profiles: Profiles
+    profiles: ProfileRoutes
     gate: CallGate
     metrics: GatewayMetrics
     idle_timeout_s: float
@@ -111,15 +111,11 @@ class CallBridge(abc.ABC):
         return msg
 
     def session_config(self) -> agent_pb2.SessionConfig:
-        try:
-            config = self.ctx.profiles.session_config(self.profile)
-        except ProfileError as exc:
-            raise CloseCall(calls.CLOSE_POLICY, str(exc), "unknown_profile") from None
+        # The orchestrator holds the profiles: the call only names one (an unknown name is refused there).
+        config = agent_pb2.SessionConfig(profile=self.ctx.profiles.profile_for(self.profile))
         config.input_format.CopyFrom(self.in_spec.to_proto())
         config.output_format.CopyFrom(self.out_spec.to_proto())
         config.session_id = self.session_id
-        if not config.mode:
-            config.mode = agent_pb2.AGENT_MODE_PIPELINE
         return config
 
     async def run(self) -> None:
@@ -169,6 +165,10 @@ class CallBridge(abc.ABC):
     async def on_open(self) -> None:  # noqa: B027 - optional hook
         """The agent session is open (the browser is told it may start talking)."""
 
+    def audio_sent_at(self) -> float:
+        """When the agent audio just handed to `on_response` leaves the gateway (a paced track: later)."""
+        return time.monotonic()
+
     async def _pump(self, link: AgentLink) -> tuple[int, str]:
         inbound = asyncio.create_task(self.inbound(link), name=f"{self.kind}-inbound")
         outbound = asyncio.create_task(self._outbound(link), name=f"{self.kind}-outbound")
@@ -201,7 +201,7 @@ class CallBridge(abc.ABC):
                     continue  # already flushed on the client: never play a cut-off turn's tail
                 await self.on_response(response, edge)
                 if kind == "agent_audio":
-                    self.clock.audio_sent(response.agent_audio.turn_id, time.monotonic())
+                    self.clock.audio_sent(response.agent_audio.turn_id, self.audio_sent_at())
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.CANCELLED:
                 raise SocketGone() from None

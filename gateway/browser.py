@@ -48,7 +48,7 @@ class BrowserCall(CallBridge):
 
     async def on_open(self) -> None:
         await self.send_json({"type": "ready", "session_id": self.session_id, "sample_rate": RATE,
-                              "profile": self.profile or self.ctx.profiles.default})
+                              "profile": self.ctx.profiles.profile_for(self.profile)})
 
     async def inbound(self, link: AgentLink) -> None:
         while True:
@@ -84,23 +84,31 @@ class BrowserCall(CallBridge):
                                 "playback, text or end", "bad_json")
 
     async def on_response(self, response: agent_pb2.ConverseResponse, edge_v2v_s: float | None) -> None:
-        kind = response.WhichOneof("event")
-        if kind == "agent_audio":
+        if response.WhichOneof("event") == "agent_audio":
             a = response.agent_audio
             await self.ws.send_bytes(AUDIO_HEADER.pack(a.turn_id, a.audio_offset_ms) + a.data)
-        elif kind == "user_transcript":
-            t = response.user_transcript
-            await self.send_json({"type": "transcript", "text": t.text, "final": t.is_final})
-        elif kind == "agent_text":
-            await self.send_json({"type": "agent_text", "turn_id": response.agent_text.turn_id,
-                                  "text": response.agent_text.text})
-        elif kind == "turn_event":
-            e = response.turn_event
-            await self.send_json({"type": "event", "kind": EVENT_NAMES.get(e.kind, str(e.kind)), "turn_id": e.turn_id,
-                                  "heard_text": e.heard_text, "tool_name": e.tool_name, "state": e.state})
-        elif kind == "latency":
-            doc = {"type": "latency", **_as_dict(response.latency)}
-            doc["edge_voice_to_voice_ms"] = None if edge_v2v_s is None else round(edge_v2v_s * 1000, 1)
+            return
+        doc = event_doc(response, edge_v2v_s)
+        if doc is not None:
             await self.send_json(doc)
-        elif kind == "notice":
-            await self.send_json({"type": "notice", **_as_dict(response.notice)})
+
+
+def event_doc(response: agent_pb2.ConverseResponse, edge_v2v_s: float | None) -> dict[str, Any] | None:
+    """One agent event (anything but audio) as the page's JSON; the WebRTC data channel sends the same."""
+    kind = response.WhichOneof("event")
+    if kind == "user_transcript":
+        t = response.user_transcript
+        return {"type": "transcript", "text": t.text, "final": t.is_final}
+    if kind == "agent_text":
+        return {"type": "agent_text", "turn_id": response.agent_text.turn_id, "text": response.agent_text.text}
+    if kind == "turn_event":
+        e = response.turn_event
+        return {"type": "event", "kind": EVENT_NAMES.get(e.kind, str(e.kind)), "turn_id": e.turn_id,
+                "heard_text": e.heard_text, "tool_name": e.tool_name, "state": e.state}
+    if kind == "latency":
+        doc = {"type": "latency", **_as_dict(response.latency)}
+        doc["edge_voice_to_voice_ms"] = None if edge_v2v_s is None else round(edge_v2v_s * 1000, 1)
+        return doc
+    if kind == "notice":
+        return {"type": "notice", **_as_dict(response.notice)}
+    return None

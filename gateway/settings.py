@@ -1,8 +1,6 @@
-"""Gateway settings: where the orchestrators are, the WebSocket limits, and the agent profiles."""
+"""Gateway settings: where the orchestrators are, the WebSocket limits, and which profile a call gets."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -33,9 +31,17 @@ class Settings(ServerSettings):
     idle_timeout_s: float = Field(
         15.0, gt=0, description="A socket that sends nothing for this long is closed (a live call streams audio "
         "every 20 ms).")
-    profiles: str = Field(
-        "", description="Agent profiles as JSON: {\"name\": {partial SessionConfig in protobuf JSON: "
-        "systemPrompt, voice, greeting, language, tools, sampling, turnTaking, ...}}. A phone number picks one "
-        "by URL (/phone/<name>) or by the stream's customParameters.profile.")
-    profiles_file: Path | None = Field(None, description="JSON file with more profiles (same form as profiles).")
-    default_profile: str = Field("", description="Profile used when a call names none; empty = plain defaults.")
+    profile_routes: str = Field(
+        "", description="Which orchestrator profile a call gets, as JSON {\"key\": \"profile name\"}: the key "
+        "is what the call carries (/phone/<key>, the stream's customParameters.profile, the page's ?profile=), "
+        "e.g. {\"+15550100\": \"support\"}; a key without a route is the profile name itself. The profiles "
+        "themselves live on the orchestrator (its profiles_file).")
+    default_profile: str = Field(
+        "", description="Profile (or route key) of a call that names none; empty = the orchestrator's default.")
+    webrtc_ice_addresses: str = Field(
+        "", description="Host addresses the WebRTC endpoint (/webrtc) offers as ICE candidates, comma-separated; "
+        "empty = every address of the machine (not loopback). 127.0.0.1 keeps calls on loopback (tests, a "
+        "sidecar proxy): remote candidates elsewhere are then ignored.")
+    webrtc_connect_timeout_s: float = Field(
+        10.0, gt=0, description="A WebRTC call whose ICE/DTLS has not connected this long after the answer is "
+        "dropped and its ports freed.")

@@ -1,11 +1,17 @@
 // The gateway's talk page: microphone -> /ws as 16 kHz PCM16, agent audio <- /ws played in order,
 // transcripts and per-turn latencies shown, playback marks sent back so the agent knows what was heard.
+// Or, with the WebRTC transport: one offer/answer over HTTP (POST /webrtc), Opus both ways, the same JSON
+// events on a data channel; the gateway then knows what was played from its own outgoing track.
 "use strict";
 const RATE = 16000;
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const vx = (window.voxgrid = { played: {}, audioChunks: 0, finals: [], agentText: {}, latencies: [] });
+const vx = (window.voxgrid = { played: {}, audioChunks: 0, finals: [], agentText: {}, latencies: [], events: [] });
+vx.rtc = { packetsReceived: 0, totalAudioEnergy: 0 };
 let ws = null, ctx = null, micStream = null, playing = [], nextAt = 0, agentLine = {}, partialEl = null;
+let pc = null, dc = null, rtcLocation = null, statsTimer = null;
+const MIC = { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 };
+if (params.get("transport") === "webrtc") $("transport").value = "webrtc";
 
 function line(cls, text) {
   const el = document.createElement("div");
@@ -18,12 +24,11 @@ function line(cls, text) {
 function setStatus(text) { $("status").textContent = text; }
 
 async function start() {
-  $("start").disabled = true;
+  $("start").disabled = $("transport").disabled = true;
   setStatus("starting");
+  if ($("transport").value === "webrtc") return startWebRTC();
   ctx = new AudioContext({ sampleRate: RATE });
-  micStream = await navigator.mediaDevices.getUserMedia({
-    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
-  });
+  micStream = await navigator.mediaDevices.getUserMedia({ audio: MIC });
   await ctx.audioWorklet.addModule("/static/mic-worklet.js");
   const mic = new AudioWorkletNode(ctx, "mic-frames");
   ctx.createMediaStreamSource(micStream).connect(mic);
@@ -38,11 +43,60 @@ async function start() {
   setInterval(sendPlayback, 100);
 }
 
+function authHeaders() { return params.get("token") ? { Authorization: `Bearer ${params.get("token")}` } : {}; }
+
+async function startWebRTC() {
+  micStream = await navigator.mediaDevices.getUserMedia({ audio: MIC });
+  pc = new RTCPeerConnection({ iceServers: [] });
+  micStream.getAudioTracks().forEach((t) => pc.addTrack(t, micStream));
+  dc = pc.createDataChannel("events");
+  dc.onmessage = (m) => onEvent(JSON.parse(m.data));
+  pc.ontrack = (e) => {
+    const el = $("agent-audio");
+    el.srcObject = e.streams[0] || new MediaStream([e.track]);
+    el.play().catch(() => {});
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc && ["failed", "closed"].includes(pc.connectionState)) { setStatus(`closed (${pc.connectionState})`); stop(); }
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {  // one round trip: send the offer with every candidate in it
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    setTimeout(resolve, 3000);
+  });
+  const url = new URL("/webrtc", location.href);
+  if (params.get("profile")) url.searchParams.set("profile", params.get("profile"));
+  const r = await fetch(url, { method: "POST", body: pc.localDescription.sdp,
+                               headers: { "Content-Type": "application/sdp", ...authHeaders() } });
+  const body = await r.text();
+  if (r.status !== 201) throw new Error(`${r.status}: ${body.trim()}`);
+  rtcLocation = new URL(r.headers.get("Location"), location.href);
+  await pc.setRemoteDescription({ type: "answer", sdp: body });
+  statsTimer = setInterval(rtcStats, 500);
+}
+
+async function rtcStats() {
+  if (!pc) return;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") {
+      vx.rtc = { packetsReceived: s.packetsReceived, totalAudioEnergy: s.totalAudioEnergy || 0 };
+    }
+  });
+}
+
+function send(doc) {
+  if (dc && dc.readyState === "open") dc.send(JSON.stringify(doc));
+  else if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(doc));
+}
+
 function stop() {
   flush();
   if (micStream) micStream.getTracks().forEach((t) => t.stop());
+  if (statsTimer) clearInterval(statsTimer);
+  if (pc) { const p = pc; pc = dc = null; p.close(); }
   $("interrupt").disabled = $("hangup").disabled = true;
-  $("start").disabled = false;
+  $("start").disabled = $("transport").disabled = false;
 }
 
 function onAudio(buf) {
@@ -100,6 +154,7 @@ function onEvent(e) {
     el.textContent += e.text;
     vx.agentText[e.turn_id] = (vx.agentText[e.turn_id] || "") + e.text;
   } else if (e.type === "event") {
+    vx.events.push({ kind: e.kind, turn: e.turn_id });
     $("state").textContent = e.state ? `(${e.state})` : "";
     if (e.kind === "interrupted") {
       flush();
@@ -118,11 +173,18 @@ function onEvent(e) {
     $("latency").tBodies[0].appendChild(row);
   } else if (e.type === "notice") {
     line("note", `${e.stage || "agent"}: ${e.message}`);
+  } else if (e.type === "closed") {  // WebRTC: the gateway says why before it closes the connection
+    setStatus(`closed (${e.code}${e.reason ? ": " + e.reason : ""})`);
+    stop();
   }
 }
 
 function escape(s) { const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }
 
 $("start").onclick = () => start().catch((err) => { setStatus(`error: ${err.message}`); $("start").disabled = false; });
-$("interrupt").onclick = () => { flush(); if (ws) ws.send(JSON.stringify({ type: "interrupt" })); };
-$("hangup").onclick = () => { if (ws) ws.send(JSON.stringify({ type: "end" })); };
+$("interrupt").onclick = () => { flush(); send({ type: "interrupt" }); };
+$("hangup").onclick = () => {
+  send({ type: "end" });
+  if (rtcLocation) fetch(rtcLocation, { method: "DELETE", headers: authHeaders() }).catch(() => {});
+  if (pc) { setStatus("closed (hung up)"); stop(); }
+};

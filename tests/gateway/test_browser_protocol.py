@@ -16,10 +16,10 @@ from voxgrid.gateway.browser import AUDIO_HEADER
 from voxgrid.gateway.calls import CLOSE_BAD_PAYLOAD, CLOSE_GOING_AWAY, CLOSE_RESTARTING
 from voxgrid.gateway.latency import EdgeClock
 from voxgrid.gateway.media_client import MediaStreamCaller
-from voxgrid.gateway.profiles import ProfileError, Profiles
+from voxgrid.gateway.profiles import ProfileError, ProfileRoutes
 
 from benchmarks.common import ROOT, free_port
-from tests.gateway.conftest import ALL_CLOSED, settled
+from tests.gateway.conftest import ALL_CLOSED, mulaw_tone, settled
 from tests.gateway.test_phone import START, closed_with
 from tests.orchestrator.conftest import RATE, tone
 from voxgrid.audio import encode, pcm16_spec
@@ -101,23 +101,36 @@ async def test_health_readiness_and_drain(make_gateway) -> None:
             await line
 
 
-def test_profiles_are_session_configs_checked_at_start(tmp_path) -> None:
-    f = tmp_path / "profiles.json"
-    f.write_text(json.dumps({"sales": {"systemPrompt": "You sell.", "voice": "joe", "greeting": "Hi!",
-                                       "tools": [{"schema": {"name": "lookup"}, "httpUrl": "http://127.0.0.1:9/x"}]}}))
-    p = Profiles.from_settings('{"support": {"systemPrompt": "You help."}}', f, "support")
-    assert p.names == ["sales", "support"]
-    sales = p.session_config("sales")
-    assert sales.voice == "joe" and sales.tools[0].http_url.endswith("/x") and sales.greeting == "Hi!"
-    assert p.session_config("").system_prompt == "You help."
-    with pytest.raises(ProfileError, match="'nope' is unknown: use one of sales, support"):
-        p.session_config("nope")
-    with pytest.raises(ProfileError, match="sets input_format"):
-        Profiles.from_settings('{"x": {"inputFormat": {"sampleRateHz": 8000}}}', None, "")
-    with pytest.raises(ProfileError, match="no field named"):
-        Profiles.from_settings('{"x": {"persona": "?"}}', None, "")
-    with pytest.raises(ProfileError, match="default_profile 'y'"):
-        Profiles.from_settings('{"x": {}}', None, "y")
+def test_profile_routes_map_a_number_or_page_to_a_profile_name() -> None:
+    routes = ProfileRoutes.from_settings('{"+15550100": "support"}', "+15550100")
+    assert routes.profile_for("+15550100") == "support" and routes.profile_for("sales") == "sales"
+    assert routes.profile_for("") == "support"  # the default is a route key too
+    assert ProfileRoutes.from_settings("", "").profile_for("") == ""  # the orchestrator's default then
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        ProfileRoutes.from_settings("{", "")
+    with pytest.raises(ProfileError, match="non-empty profile names"):  # personas live on the orchestrator
+        ProfileRoutes.from_settings('{"x": {"systemPrompt": "?"}}', "")
+
+
+async def test_the_gateway_names_the_profile_and_the_orchestrator_applies_it(make_gateway, tmp_path) -> None:
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("support: {systemPrompt: You are Acme support.}\nsales: {systemPrompt: You sell.}\n")
+    async with make_gateway(["my order is late", "what do you sell"], orchestrator_kw={"profiles_file": profiles},
+                            profile_routes='{"+15550100": "support"}') as gs:
+        async with MediaStreamCaller(gs.ws + "/phone/+15550100") as caller:  # a number routed to a profile
+            await caller.start()
+            await caller.stream(mulaw_tone(1.0))
+            await caller.silence(10, until=lambda: bool(caller.of("media")))
+        async with aiohttp.ClientSession() as s, s.ws_connect(gs.ws + "/ws?profile=sales") as ws:  # a page by name
+            ready = json.loads((await ws.receive(timeout=5)).data)
+            assert ready["profile"] == "sales"
+            data = encode(np.concatenate([tone(1.0), np.zeros(RATE // 2, np.float32)]), PCM)
+            for i in range(0, len(data), 640):
+                await ws.send_bytes(data[i:i + 640])
+                await asyncio.sleep(0.02)
+            await messages_until(ws, lambda g: any(isinstance(m, bytes) for m in g))
+        personas = [r.messages[0].content for r in gs.agent.llm.requests]
+        assert personas == ["You are Acme support.", "You sell."]
 
 
 def test_edge_clock_measures_from_the_speech_end_frame_to_the_first_audio_out() -> None:

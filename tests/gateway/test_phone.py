@@ -110,9 +110,11 @@ def media(payload: str) -> dict:
     return {"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "payload": payload}}
 
 
-async def test_bad_input_closes_the_socket_with_a_reason_and_neighbours_go_on(make_gateway) -> None:
+async def test_bad_input_closes_the_socket_with_a_reason_and_neighbours_go_on(make_gateway, tmp_path) -> None:
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("support: {systemPrompt: You are support.}\n")
     async with make_gateway(["hello there"], idle_timeout_s=0.5, max_message_bytes=4096,
-                            profiles='{"support": {"systemPrompt": "You are support."}}') as gs:
+                            orchestrator_kw={"profiles_file": profiles}) as gs:
         url = gs.ws + "/phone"
         async with MediaStreamCaller(url) as neighbour:  # a good call running beside the bad ones
             await neighbour.start()

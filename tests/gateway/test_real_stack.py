@@ -1,13 +1,16 @@
 """The gateway in front of the real local stack (faster-whisper tiny.en, Qwen2.5 0.5B on CPU, Piper).
 
 A phone caller speaks the media-stream protocol with 8 kHz mu-law speech and gets mu-law audio back that
-whisper transcribes to the answer; a real headless Chromium opens the gateway's page with a fake
-microphone playing a wav, and the agent's reply plays while the transcript shows.
+whisper transcribes to the answer; an aiortc WebRTC caller does the same over Opus; a real headless
+Chromium opens the gateway's page with a fake microphone playing a wav, over the WebSocket and over WebRTC,
+and the agent's reply plays while the transcript shows. WebRTC stays on loopback: the gateway gathers ICE
+on 127.0.0.1 (its webrtc_ice_addresses setting) and Chromium may offer loopback candidates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,12 +32,15 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def real_gateway():
+async def real_gateway(tmp_path_factory):
+    profiles = tmp_path_factory.mktemp("profiles") / "profiles.yaml"  # profiles live on the orchestrator
+    profiles.write_text("concierge:\n  systemPrompt: You are a helpful voice assistant. "
+                        "Answer in one short sentence.\n")
     async with contextlib.AsyncExitStack() as stack:
-        orch, _ = await stack.enter_async_context(real_agent_stack(max_tokens=30))
-        profiles = '{"concierge": {"systemPrompt": "You are a helpful voice assistant. Answer in one short sentence."}}'
+        orch, _ = await stack.enter_async_context(real_agent_stack(max_tokens=30, profiles_file=profiles))
         gw = await stack.enter_async_context(start_gateway(Settings(
-            port=0, orchestrator_backends=f"static:{orch.address}", profiles=profiles, idle_timeout_s=60)))
+            port=0, orchestrator_backends=f"static:{orch.address}", idle_timeout_s=60,
+            webrtc_ice_addresses="127.0.0.1")))
         yield gw, orch
 
 
@@ -69,6 +75,36 @@ async def test_a_phone_caller_asks_in_mulaw_and_hears_the_answer(real_gateway, s
         await caller.stop()
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_webrtc_caller_asks_over_opus_and_hears_the_answer(real_gateway, speech_dir) -> None:
+    from voxgrid.gateway.webrtc_client import WebRTCCaller
+
+    gw, _orch = real_gateway
+    x, rate = synthesize_speech(QUESTION, speech_dir / "capital_france.wav")
+    async with WebRTCCaller(gw.url, profile="concierge") as caller:
+        assert await caller.wait(lambda c: bool(c.of("ready")), 15), caller.events
+        await caller.say(np.concatenate([np.zeros(rate // 3, np.float32), x]), rate)
+        # The whole answer: the agent stopped speaking and its audio has drained through the track.
+        assert await caller.wait(lambda c: any(e["kind"] == "agent_stopped_speaking" for e in c.of("event")) and
+                                 bool(c.frames) and c.frames[-1][0] < time.monotonic() - 1.0, 90), caller.events
+        finals = " ".join(e["text"] for e in caller.of("transcript") if e["final"]).lower()
+        assert "capital of france" in finals, finals
+        audio = caller.agent_audio()
+        said = " ".join(e["text"] for e in caller.of("agent_text"))
+        heard = transcribe(audio, 48000)
+        # The reply came through Opus whole: whisper hears most of the agent's own words, and the answer.
+        # (When the reply opens with "Paris", tiny.en may hear "Paraces" for the first word of the clip.)
+        said_words, heard_words = set(_words(said)), set(_words(heard))
+        assert len(audio) > 48000 * 0.5 and "paris" in said_words, said
+        assert heard_words & {"paris", "france"}, (heard, said)
+        assert len(said_words & heard_words) >= 0.6 * len(said_words), (heard, said)
+        assert caller.of("latency") and caller.of("latency")[0]["edge_voice_to_voice_ms"] > 0
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
 def _chromium() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
@@ -77,8 +113,10 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.parametrize("transport", ["ws", "webrtc"])
 @pytest.mark.asyncio(loop_scope="module")
-async def test_the_browser_page_talks_to_the_agent_in_headless_chromium(real_gateway, speech_dir, tmp_path) -> None:
+async def test_the_browser_page_talks_to_the_agent_in_headless_chromium(real_gateway, speech_dir, tmp_path,
+                                                                         transport) -> None:
     chromium = _chromium()
     from playwright.async_api import async_playwright
 
@@ -90,16 +128,23 @@ async def test_the_browser_page_talks_to_the_agent_in_headless_chromium(real_gat
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, headless=True, args=[
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required"])
+            f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection"])
         try:
             page = await browser.new_page()
-            await page.goto(gw.url + "/?profile=concierge")
+            await page.goto(gw.url + f"/?profile=concierge&transport={transport}")
             await page.click("#start")
             await page.wait_for_function("document.getElementById('status').textContent === 'connected'",
                                          timeout=15000)
             await page.wait_for_function("window.voxgrid.finals.length > 0", timeout=60000)
+            # The whole answer: its text is complete once the agent's audio has all been sent (a check after
+            # the first 500 ms played could read a reply the LLM was still writing on a busy machine).
+            # Audio heard: the page's playback marks (WebSocket) or the received RTP's energy (WebRTC).
+            heard = ("Object.values(window.voxgrid.played).some(ms => ms > 500)" if transport == "ws" else
+                     "window.voxgrid.rtc.totalAudioEnergy > 0")
             await page.wait_for_function("window.voxgrid.latencies.length > 0 && "
-                                         "Object.values(window.voxgrid.played).some(ms => ms > 500)", timeout=90000)
+                                         "window.voxgrid.events.some(e => e.kind === 'agent_stopped_speaking') && "
+                                         + heard, timeout=90000)
             state = await page.evaluate("window.voxgrid")
             log_text = await page.inner_text("#log")
             await page.screenshot(path=str(tmp_path / "gateway-page.png"), full_page=True)
@@ -108,7 +153,10 @@ async def test_the_browser_page_talks_to_the_agent_in_headless_chromium(real_gat
     assert "capital of france" in " ".join(state["finals"]).lower()
     assert "paris" in " ".join(state["agentText"].values()).lower()
     assert "You: " in log_text and "Agent: " in log_text  # the transcript shows on the page
-    assert state["audioChunks"] > 0
+    if transport == "ws":
+        assert state["audioChunks"] > 0
+    else:
+        assert state["rtc"]["packetsReceived"] > 0 and state["rtc"]["totalAudioEnergy"] > 0
     lat = state["latencies"][0]
     assert lat["edge_voice_to_voice_ms"] is not None and lat["edge_voice_to_voice_ms"] > 0
     assert (tmp_path / "gateway-page.png").stat().st_size > 10000
