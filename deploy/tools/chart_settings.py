@@ -33,6 +33,8 @@ CHART_MANAGED = {
     "tls_cert_file", "tls_key_file", "log_level", "log_format", "health_port",
     "stt_backends", "llm_backends", "tts_backends", "duplex_backends", "backend_token",
     "orchestrator_backends", "orchestrator_token",
+    # Mounted by the chart from llm.adapters, tts.voices and orchestrator.profiles.
+    "adapters_dir", "voices_dir", "profiles_file",
 }
 
 # Runs in the child: find the ServerSettings subclass of the module and print its JSON schema.

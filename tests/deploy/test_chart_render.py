@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.chart import (
     KUBE_VERSIONS,
@@ -54,6 +55,11 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
     "gateway-tls-k8s-discovery": ("h100", [
         "gateway.enabled=true", "orchestrator.discovery=k8s", "tls.enabled=true", "tls.secretName=vg-tls",
         "gateway.service.type=LoadBalancer", "gateway.settings.defaultProfile=support",
+    ]),
+    "profiles-adapters-voices": ("cpu", [
+        "orchestrator.profiles.support.description=Support line", "orchestrator.profiles.support.voice=acme",
+        "orchestrator.profiles.support.adapter=support", "orchestrator.profiles.support.speed=1.1",
+        "llm.adapters.type=pvc", "tts.voices.type=hostPath", "tts.voices.hostPath=/srv/voxgrid/voices",
     ]),
 }
 GATEWAY_CASES = ("gateway", "gateway-tls-k8s-discovery")
@@ -676,11 +682,11 @@ def test_gateway_reaches_the_orchestrator_headless_service(
 
 
 def test_gateway_settings_and_service(rendered: dict[str, list[dict[str, Any]]], helm: Helm, tmp_path: Path) -> None:
-    profiles = {"support": {"systemPrompt": "Be brief.", "voice": "en_US-joe-medium"}}
+    routes = {"+15550100": "support"}  # the profiles themselves live on the orchestrator
     path = tmp_path / "gateway.yaml"
-    path.write_text(json.dumps({"gateway": {"enabled": True, "settings": {"profiles": json.dumps(profiles)}}}))
+    path.write_text(json.dumps({"gateway": {"enabled": True, "settings": {"profileRoutes": json.dumps(routes)}}}))
     env = env_of(main_container(deployments(helm.render("cpu", values=[path]))["gateway"]))
-    assert json.loads(env["VOXGRID_GATEWAY_PROFILES"]) == profiles
+    assert json.loads(env["VOXGRID_GATEWAY_PROFILE_ROUTES"]) == routes
     objects = rendered["gateway-tls-k8s-discovery"]
     env = env_of(main_container(deployments(objects)["gateway"]))
     assert env["VOXGRID_GATEWAY_DEFAULT_PROFILE"] == "support"
@@ -744,3 +750,53 @@ def test_gateway_ingress_pdb_and_network_policy(rendered: dict[str, list[dict[st
     selectors = [p["podSelector"]["matchLabels"] for p in grpc_rule["from"]]
     assert {"role": "client"} in selectors
     assert any(sel.items() <= gw_labels.items() for sel in selectors)
+
+
+def test_profiles_configmap_adapters_and_voices_volumes(rendered: dict[str, list[dict[str, Any]]], helm: Helm) -> None:
+    objects = rendered["profiles-adapters-voices"]
+    deps = deployments(objects)
+    (profiles,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-profiles")]
+    # (--set leaves 1.1 a string, which protobuf JSON reads as a number.)
+    assert yaml.safe_load(profiles["data"]["profiles.yaml"]) == {
+        "support": {"description": "Support line", "voice": "acme", "adapter": "support", "speed": "1.1"}}
+    orch = deps["orchestrator"]["spec"]["template"]["spec"]
+    env = env_of(main_container(deps["orchestrator"]))
+    assert env["VOXGRID_ORCHESTRATOR_PROFILES_FILE"] == "/etc/voxgrid/profiles/profiles.yaml"
+    mounts = {m["name"]: m for m in main_container(deps["orchestrator"])["volumeMounts"]}
+    assert mounts["profiles"]["mountPath"] == "/etc/voxgrid/profiles" and "subPath" not in mounts["profiles"]
+    assert {"name": "profiles", "configMap": {"name": profiles["metadata"]["name"]}} in orch["volumes"]
+    # The LLM's adapters from a claim the chart makes, the TTS's voices from a node folder, both read-only.
+    (claim,) = [o for o in objects
+                if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"].endswith("-llm-adapters")]
+    llm = deps["llm"]["spec"]["template"]["spec"]
+    assert {"name": "adapters", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"], "readOnly": True}} \
+        in llm["volumes"]
+    assert env_of(main_container(deps["llm"]))["VOXGRID_LLM_ADAPTERS_DIR"] == "/adapters"
+    tts = deps["tts"]["spec"]["template"]["spec"]
+    assert {"name": "voices", "hostPath": {"path": "/srv/voxgrid/voices", "type": "Directory"}} in tts["volumes"]
+    assert env_of(main_container(deps["tts"]))["VOXGRID_TTS_VOICES_DIR"] == "/voices"
+    assert {"name": "voices", "mountPath": "/voices", "readOnly": True} in main_container(deps["tts"])["volumeMounts"]
+    # Off by default: no ConfigMap, no volumes, no settings paths.
+    default = rendered["default"]
+    assert not [o for o in default if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-profiles")]
+    assert "VOXGRID_LLM_ADAPTERS_DIR" not in env_of(main_container(deployments(default)["llm"]))
+    # A path the chart mounts is not a setting too (one home), and a hostPath needs its path.
+    assert "adaptersDir" in helm.refusal("cpu", sets=["llm.settings.adaptersDir=/x"])
+    assert "hostPath" in helm.refusal("cpu", sets=["tts.voices.type=hostPath"])
+
+
+def test_hybrid_overlay_serves_a_speech_in_model_and_a_hybrid_profile(helm: Helm) -> None:
+    """values-hybrid.yaml over a GPU profile: the LLM deployment loads a speech-in model with its audio limit,
+    the orchestrator bounds the utterance it keeps, and a `hybrid` profile selects the mode."""
+    chart = Path(__file__).resolve().parents[2] / "helm" / "voxgrid"
+    objects = helm.render("h100", values=[chart / "values-hybrid.yaml"])
+    for obj in objects:
+        validate_strict(obj, KUBE_VERSIONS[-1])
+    deps = deployments(objects)
+    llm = env_of(main_container(deps["llm"]))
+    # (prefetched into the model cache by the init container, loaded from there)
+    assert "Qwen/Qwen2-Audio-7B-Instruct" in llm["VOXGRID_LLM_MODEL"] and llm["VOXGRID_LLM_ENGINE"] == "vllm"
+    assert float(llm["VOXGRID_LLM_MAX_AUDIO_S"]) == 30
+    assert float(env_of(main_container(deps["orchestrator"]))["VOXGRID_ORCHESTRATOR_MAX_UTTERANCE_AUDIO_S"]) == 30
+    (profiles,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-profiles")]
+    assert yaml.safe_load(profiles["data"]["profiles.yaml"])["hybrid"]["mode"] == "AGENT_MODE_HYBRID"

@@ -360,3 +360,21 @@ strategy:
 - {name: HF_HUB_OFFLINE, value: "1"}
 {{- end }}
 {{- end -}}
+
+{{/* The data folder a service reads at start besides its model: LoRA adapters (llm.adapters) or custom
+voices (tts.voices); "" when the service has none or it is off. */}}
+{{- define "voxgrid.dataVolume" -}}
+{{- $cfg := index .root.Values .svc -}}
+{{- if eq .svc "llm" }}{{ with $cfg.adapters }}{{ if ne .type "none" }}adapters{{ end }}{{ end }}{{ end -}}
+{{- if eq .svc "tts" }}{{ with $cfg.voices }}{{ if ne .type "none" }}voices{{ end }}{{ end }}{{ end -}}
+{{- end -}}
+
+{{- define "voxgrid.dataClaimName" -}}
+{{- $data := index (index .root.Values .svc) .name -}}
+{{- $data.existingClaim | default (printf "%s-%s-%s" (include "voxgrid.fullname" .root) .svc .name) -}}
+{{- end -}}
+
+{{/* The orchestrator's profiles ConfigMap is rendered (orchestrator.profiles is not empty). */}}
+{{- define "voxgrid.hasProfiles" -}}
+{{- if and .Values.orchestrator.enabled .Values.orchestrator.profiles }}true{{ end -}}
+{{- end -}}
