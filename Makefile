@@ -186,7 +186,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: its CPU build comes from the local wheel store, never the multi-GB CUDA one.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[cpu,tts-kokoro,loadtest,dev]'
+	$(PIP) install -q -e '.[cpu,tts-kokoro,loadtest,dev,edge-neural]'
 	touch $@
 
 clean:
