@@ -14,15 +14,13 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from voxgrid.orchestrator.tools import DEFAULT_FILLER_AFTER_MS, DEFAULT_TOOL_TIMEOUT_MS
+from voxgrid.orchestrator.turn_taking import DEFAULT_MIN_INTERRUPTION_MS, DEFAULT_MIN_INTERRUPTION_WORDS
 
 from voxgrid.v1 import agent_pb2
 
 if TYPE_CHECKING:
     from voxgrid.orchestrator.settings import Settings
 
-# Turn taking when the session sets none (orchestrator/turn_taking.py applies the same values).
-DEFAULT_MIN_INTERRUPTION_WORDS = 2
-DEFAULT_MIN_INTERRUPTION_MS = 400
 DEFAULT_LANGUAGE = "en"
 
 

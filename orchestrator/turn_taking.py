@@ -73,6 +73,8 @@ def echo_match(heard: str, agent: str) -> float:
     return sum(1 for w in caller if any(_similar(w, s) for s in said)) / len(caller)
 
 
+DEFAULT_MIN_INTERRUPTION_WORDS = 2  # TurnTakingConfig's documented defaults (0 = these)
+DEFAULT_MIN_INTERRUPTION_MS = 400
 ECHO_WINDOW_BEFORE_MS = 1500  # the agent's words this long before the caller's speech started may echo in it
 ECHO_WINDOW_AFTER_MS = 500
 ECHO_LIKENESS = 0.96  # with echo cancellation: caller audio whose loudness follows the agent's this closely is echo
@@ -109,8 +111,8 @@ class TurnTaking:
 
     def configure(self, tt: agent_pb2.TurnTakingConfig) -> None:
         """The session's turn-taking knobs (at start, and on a live `update`: the next decision uses them)."""
-        self.min_interruption_words = tt.min_interruption_words or 2
-        self.min_interruption_s = (tt.min_interruption_ms or 400) / 1000
+        self.min_interruption_words = tt.min_interruption_words or DEFAULT_MIN_INTERRUPTION_WORDS
+        self.min_interruption_s = (tt.min_interruption_ms or DEFAULT_MIN_INTERRUPTION_MS) / 1000
         self.allow_interruptions = tt.allow_interruptions if tt.HasField("allow_interruptions") else True
         self.echo_check = tt.echo_check if tt.HasField("echo_check") else True
         self.echo_match_ratio = tt.echo_match_ratio or 0.6

@@ -21,16 +21,16 @@ crashed or concurrent build never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import importlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+
+from voxgrid.model_cache import build_lock, models_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ GGUF_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 def cache_dir() -> Path:
     """Where built models live (``$VOXGRID_CACHE_DIR/models``, default ``~/.cache/voxgrid/models``)."""
-    root = os.environ.get("VOXGRID_CACHE_DIR") or str(Path.home() / ".cache" / "voxgrid")
-    return Path(root) / "models"
+    return models_dir()
 
 
 def known_models() -> tuple[str, ...]:
@@ -76,23 +75,12 @@ def resolve_model(name: str) -> str:
     return name
 
 
-@contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
 def ensure_built(name: str, build: Callable[[Path], None]) -> Path:
     """Build ``name`` into the cache unless it is there; ``build(tmp_dir)`` writes a complete checkpoint."""
     target = cache_dir() / name
     if (target / "config.json").exists():
         return target
-    with _build_lock(target):
+    with build_lock(target):
         if (target / "config.json").exists():
             return target
         log.info("building model %s into %s (once)", name, target)

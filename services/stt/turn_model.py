@@ -18,8 +18,6 @@ it is meant to shorten.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -29,10 +27,12 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from voxgrid.model_cache import build_lock, models_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ class TurnModelUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("VOXGRID_CACHE_DIR") or str(Path.home() / ".cache" / "voxgrid")
-    return Path(root) / "models" / "smart-turn-v3.2"
+    return models_dir() / "smart-turn-v3.2"
 
 
 def _installed_pipecat_copy() -> Path | None:
@@ -76,22 +75,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target / ".lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
 def fetch_packaged(target: Path | None = None) -> Path:
     """Extract the model (and the wheel's license) from the pipecat-ai wheel into the cache, once."""
     target = target or cache_dir()
     model = target / ONNX_NAME
-    with _lock(target):
+    with build_lock(target):
+        target.mkdir(parents=True, exist_ok=True)
         if model.is_file() and _sha256(model) == ONNX_SHA256:
             return model
         with tempfile.TemporaryDirectory(dir=target) as tmp:
