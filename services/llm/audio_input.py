@@ -27,7 +27,7 @@ from voxgrid.audio import AudioFormatError, AudioIn, AudioSpec
 from voxgrid.v1 import audio_pb2, llm_pb2
 
 # Encodings a whole clip may have: sample codecs, decodable in one piece (a stream codec such as Opus is
-# framed packet by packet, which one `bytes` field cannot carry).
+# framed packet by packet, which one `bytes` field cannot carry; AudioSpec.from_proto refuses it here).
 CLIP_ENCODINGS = (audio_pb2.AUDIO_ENCODING_PCM16, audio_pb2.AUDIO_ENCODING_MULAW, audio_pb2.AUDIO_ENCODING_ALAW)
 # Shorter clips give an audio encoder (Whisper-style, 4x downsampling) almost nothing to hear.
 MIN_AUDIO_MS = 100
@@ -47,10 +47,6 @@ def decode_clip(clip: llm_pb2.AudioClip, speech: SpeechInput, where: str) -> tup
         spec = AudioSpec.from_proto(clip.format if clip.HasField("format") else None, what=f"{where}.audio.format")
     except AudioFormatError as exc:
         raise RequestError(INVALID_ARGUMENT, str(exc)) from None
-    if spec.encoding not in CLIP_ENCODINGS:
-        raise RequestError(INVALID_ARGUMENT, f"{where}.audio.format.encoding "
-                           f"{audio_pb2.AudioEncoding.Name(spec.encoding)} is not taken in a clip: send PCM16, "
-                           "MULAW or ALAW samples")
     if not clip.data:
         raise RequestError(INVALID_ARGUMENT, f"{where}.audio.data is empty: send the utterance's samples, "
                            "or leave `audio` unset and send text")
