@@ -21,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, st
 from voxgrid.gateway.bridge import CallBridge, GatewayContext
 from voxgrid.gateway.browser import BrowserCall
 from voxgrid.gateway.calls import CLOSE_GOING_AWAY, CallGate, GatewayMetrics
+from voxgrid.gateway.ice_servers import IceServers
 from voxgrid.gateway.link import orchestrator_pool
 from voxgrid.gateway.phone import PhoneCall
 from voxgrid.gateway.profiles import ProfileError, ProfileRoutes
-from voxgrid.gateway.rtc_net import OfferError, parse_addresses
+from voxgrid.gateway.rtc_net import IcePolicy, OfferError
 from voxgrid.gateway.settings import Settings
 
 from voxgrid.config import accepted_tokens
@@ -47,7 +48,14 @@ class GatewayServer:
             profiles=ProfileRoutes.from_settings(settings.profile_routes, settings.default_profile),
             gate=CallGate(settings.max_sessions, self.metrics), metrics=self.metrics,
             idle_timeout_s=settings.idle_timeout_s, sockets=set())
-        self.ice_addresses = parse_addresses(settings.webrtc_ice_addresses)
+        self.ice = IcePolicy.from_settings(settings.webrtc_ice_addresses, settings.webrtc_udp_port_min,
+                                           settings.webrtc_udp_port_max, settings.webrtc_public_ip)
+        self.ice_servers = IceServers(settings.webrtc_ice_servers, settings.webrtc_turn_username,
+                                      settings.webrtc_turn_credential, settings.webrtc_turn_credential_file)
+        if self.ice.ports is not None and self.ice.port_count < settings.max_sessions * max(1, len(self.ice.addresses)):
+            log.warning("webrtc_udp_port_min/max hold %d ports but %d calls on %s ICE address(es) need one each: "
+                        "WebRTC calls beyond that fail ICE", self.ice.port_count, settings.max_sessions,
+                        len(self.ice.addresses) or "every")
         self.rtc_calls: dict[str, asyncio.Task[None]] = {}
         self._rtc_hangups: dict[str, Callable[[], None]] = {}
         self.port = 0
@@ -154,10 +162,10 @@ class GatewayServer:
         offer = await request.text()
         try:
             call, answer = await WebRTCCall.negotiate(
-                offer, self.ctx, request.query.get("profile", ""), ice_addresses=self.ice_addresses,
+                offer, self.ctx, request.query.get("profile", ""), ice=self.ice, ice_servers=self.ice_servers,
                 connect_timeout_s=self.settings.webrtc_connect_timeout_s)
         except OfferError as exc:
-            self.metrics.errors.labels(WebRTCCall.kind, "bad_offer").inc()
+            self.metrics.errors.labels(WebRTCCall.kind, "no_port" if exc.status == 503 else "bad_offer").inc()
             return web.Response(status=exc.status, text=f"{exc}\n")
         except ValueError as exc:  # aiortc could not apply it (malformed lines, no DTLS fingerprint, ...)
             self.metrics.errors.labels(WebRTCCall.kind, "bad_offer").inc()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -39,9 +41,26 @@ class Settings(ServerSettings):
     default_profile: str = Field(
         "", description="Profile (or route key) of a call that names none; empty = the orchestrator's default.")
     webrtc_ice_addresses: str = Field(
-        "", description="Host addresses the WebRTC endpoint (/webrtc) offers as ICE candidates, comma-separated; "
-        "empty = every address of the machine (not loopback). 127.0.0.1 keeps calls on loopback (tests, a "
-        "sidecar proxy): remote candidates elsewhere are then ignored.")
+        "", description="Host addresses the WebRTC endpoint (/webrtc) gathers ICE candidates on, comma-separated "
+        "IPs or interface names (eth0); empty = every address of the machine (not loopback). 127.0.0.1 keeps "
+        "calls on loopback (tests, a sidecar proxy): remote candidates elsewhere are then ignored.")
+    webrtc_udp_port_min: int = Field(
+        0, ge=0, le=65535, description="Lowest UDP port of WebRTC media/ICE sockets (one per call and ICE "
+        "address); with webrtc_udp_port_max a range a firewall or UDP Service can open; 0 and 0 = any port.")
+    webrtc_udp_port_max: int = Field(
+        0, ge=0, le=65535, description="Highest UDP port of WebRTC media/ICE sockets (see webrtc_udp_port_min).")
+    webrtc_public_ip: str = Field(
+        "", description="Address advertised in place of the host candidates' (1:1 NAT, like nat1to1ips): the "
+        "LoadBalancer's or node's external IP that forwards the same UDP ports to this gateway; empty = none.")
+    webrtc_ice_servers: str = Field(
+        "", description="STUN/TURN servers of the gateway's WebRTC peers, comma-separated: at most one "
+        "stun:host[:port] and one turn:host[:port][?transport=udp|tcp] or turns:host[:port]; empty = none "
+        "(host candidates only: enough when callers can reach the gateway's UDP ports).")
+    webrtc_turn_username: str = Field("", description="TURN username (with a turn: or turns: server).")
+    webrtc_turn_credential: str = Field(
+        "", description="TURN credential (password); prefer webrtc_turn_credential_file.")
+    webrtc_turn_credential_file: Path | None = Field(
+        None, description="File whose first line is the TURN credential (a mounted Secret); re-read on change.")
     webrtc_connect_timeout_s: float = Field(
         10.0, gt=0, description="A WebRTC call whose ICE/DTLS has not connected this long after the answer is "
         "dropped and its ports freed.")

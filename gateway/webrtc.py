@@ -33,8 +33,9 @@ import numpy as np
 from voxgrid.gateway import calls
 from voxgrid.gateway.bridge import CallBridge, CloseCall, GatewayContext, SocketGone
 from voxgrid.gateway.browser import event_doc
+from voxgrid.gateway.ice_servers import IceServers
 from voxgrid.gateway.link import AgentLink
-from voxgrid.gateway.rtc_net import check_offer, gather_on, keep_reachable_candidates
+from voxgrid.gateway.rtc_net import IcePolicy, OfferError, advertise, check_offer, gather_on, keep_reachable_candidates
 
 from voxgrid.audio import AudioSpec, pcm16_spec
 from voxgrid.v1 import agent_pb2
@@ -229,20 +230,21 @@ class WebRTCCall(CallBridge):
         self._audio_at = 0.0
 
     @classmethod
-    async def negotiate(cls, offer_sdp: str, ctx: GatewayContext, profile: str, *, ice_addresses: tuple[str, ...],
-                        connect_timeout_s: float) -> tuple[WebRTCCall, str]:
-        """Check the offer, build the peer (Opus only, our track on the offer's audio) and return the answer.
+    async def negotiate(cls, offer_sdp: str, ctx: GatewayContext, profile: str, *, ice: IcePolicy,
+                        ice_servers: IceServers, connect_timeout_s: float) -> tuple[WebRTCCall, str]:
+        """Check the offer, build the peer (Opus only, our track on the offer's audio) and return the answer,
+        its candidates gathered on `ice` (addresses, port range) and advertised on its public address.
 
         Raises rtc_net.OfferError (an HTTP 4xx) for an offer the gateway cannot take."""
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+        from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
         check_offer(offer_sdp)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(ice_servers.configuration())
         call = cls(pc, ctx, profile, connect_timeout_s)
         try:
-            with gather_on(ice_addresses):
+            with gather_on(ice.addresses, ice.ports):
                 await pc.setRemoteDescription(RTCSessionDescription(
-                    keep_reachable_candidates(offer_sdp, ice_addresses), "offer"))
+                    keep_reachable_candidates(offer_sdp, ice.addresses), "offer"))
                 opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
                 for transceiver in pc.getTransceivers():
                     if transceiver.kind == "audio":
@@ -252,7 +254,12 @@ class WebRTCCall(CallBridge):
         except BaseException:
             await pc.close()
             raise
-        return call, pc.localDescription.sdp
+        answer = pc.localDescription.sdp
+        if "a=candidate:" not in answer:  # every bind failed (the port range is full): say so now, not after ICE
+            await pc.close()
+            raise OfferError(503, "the gateway could not open a UDP port for this call (webrtc_udp_port_min/max "
+                             "all taken or no usable ICE address): try again later")
+        return call, advertise(answer, ice.public_ip)
 
     def hang_up(self) -> None:
         """DELETE from the client: end the call as if it had sent `end`."""

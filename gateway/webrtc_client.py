@@ -42,6 +42,7 @@ class WebRTCCaller:
         self.frames: list[tuple[float, np.ndarray]] = []  # (arrival, int16 mono 48 kHz) of non-silent frames
         self._received: list[tuple[bool, np.ndarray]] = []  # every frame: (non-silent, samples)
         self.location = ""
+        self.answer = ""  # the gateway's SDP answer as received (its candidates: addresses, ports)
         self.mic_done_at = 0.0
         self._pc: Any = None
         self._channel: Any = None
@@ -83,6 +84,7 @@ class WebRTCCaller:
         status, body = await self.post(await self.offer())
         if status != 201:
             raise OfferRefused(status, body)
+        self.answer = body
         with gather_on(self.ice_addresses):
             await self._pc.setRemoteDescription(RTCSessionDescription(
                 keep_reachable_candidates(body, self.ice_addresses), "answer"))

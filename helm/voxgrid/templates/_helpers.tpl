@@ -378,3 +378,10 @@ voices (tts.voices); "" when the service has none or it is off. */}}
 {{- define "voxgrid.hasProfiles" -}}
 {{- if and .Values.orchestrator.enabled .Values.orchestrator.profiles }}true{{ end -}}
 {{- end -}}
+
+{{- /* The port of a stun:/turn:/turns: URL (host[:port][?transport=...]); defaults 3478, turns: 5349. */ -}}
+{{- define "voxgrid.iceServerPort" -}}
+{{- $rest := regexReplaceAll "\\?.*$" (regexReplaceAll "^[a-z]+:" . "") "" -}}
+{{- $port := regexFind ":[0-9]+$" $rest | trimPrefix ":" -}}
+{{- $port | default (ternary "5349" "3478" (hasPrefix "turns:" .)) -}}
+{{- end -}}
