@@ -106,7 +106,8 @@ gpu-envs:
 ## gpu-models: the model folders the vLLM venv serves (tokenizer from the packaged GGUF, built here once)
 gpu-models: gpu-envs
 	$(GPU_VENV)/bin/python -c "from voxgrid.services.llm.assets import resolve_model as r; \
-		print(r('tiny-random-qwen2')); print(r('qwen2.5-7b-shape-only'))"
+		print(r('tiny-random-qwen2')); print(r('qwen2.5-7b-shape-only')); print(r('tiny-random-qwen2-audio')); \
+		print(r('qwen2-audio-7b-shape-only'))"
 
 ## test-gpu: every gpu-marked test, each in the venv its engine needs (runs only where a GPU is present)
 test-gpu: gpu-check system gpu-models
@@ -114,7 +115,8 @@ test-gpu: gpu-check system gpu-models
 	$(VLLM_GPU_VENV)/bin/python -m pytest tests/llm $(GPU_PYTEST) --ignore=tests/llm/vllm_cpu
 	PYTHONPATH=. $(DUPLEX_GPU_VENV)/bin/python -m pytest tests/duplex $(GPU_PYTEST)
 
-## bench-gpu: the GPU rows: vLLM time to first token at 1/32/128 streams (7B shape, dummy weights), STT
+## bench-gpu: the GPU rows: vLLM time to first token at 1/32/128 streams (7B shape, dummy weights; text, and
+## 5 s of speech on Qwen2-Audio-7B's shape), STT
 ## sessions per GPU under 100 ms finalisation, Kokoro time to first audio, Moshi 7B slots under 80 ms a step
 ## (BENCH_GPU_STT_MODEL=large-v3 where the hub is reachable; DUPLEX_GPU_SLOTS up to what GPU memory holds:
 ## Moshi 7B is ~15 GiB of weights plus ~1.5 GiB of KV cache per slot)
@@ -123,6 +125,8 @@ DUPLEX_GPU_SLOTS ?= 1,4,8,16,32
 bench-gpu: gpu-check system gpu-models
 	$(VLLM_GPU_VENV)/bin/python benchmarks/bench_llm.py --engine vllm --model qwen2.5-7b-shape-only \
 		--load-format dummy --concurrency 1,32,128 --requests 256
+	$(VLLM_GPU_VENV)/bin/python benchmarks/bench_llm.py --audio --engine vllm --model qwen2-audio-7b-shape-only \
+		--load-format dummy --audio-seconds 5 --concurrency 1,32,128 --requests 256
 	$(GPU_LIBS) $(GPU_VENV)/bin/python benchmarks/bench_stt.py --model $(BENCH_GPU_STT_MODEL) --device cuda \
 		--compute-type float16 --window-quantum-s 30 --max-batch-size 64 --finalization-slo-ms 100 \
 		--sessions 1 4 8 16 32 64 128

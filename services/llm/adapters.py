@@ -116,13 +116,43 @@ def text_config(model_config: Any) -> Any:
     return get() if callable(get) else model_config
 
 
+# peft's prefix on a saved adapter's tensor names (PeftModel.base_model.model = the wrapped model).
+_PEFT_PREFIX = "base_model.model."
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+def outside_language_model(path: str, language_model: str) -> str | None:
+    """Why the adapter in `path` adapts more than the language model under module path `language_model`.
+
+    A speech-in model's audio encoder has `q_proj`/`k_proj`/... too (often of the same size), so a plain
+    `target_modules=["q_proj", ...]` adapts the encoder as well, which the shape check cannot tell apart.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / WEIGHTS), framework="pt") as tensors:
+        for name in tensors.keys():
+            match = _LORA_WEIGHT.search(name)
+            module = name[: match.start()] + match[1] if match else name
+            module = module.removeprefix(_PEFT_PREFIX)
+            if match is not None and not module.startswith(language_model + "."):
+                return (f"it adapts `{module}`, outside the language model (`{language_model}`): make it with "
+                        f"target_modules restricted to the language model, e.g. r'{LANGUAGE_MODEL_TARGETS}'")
+    return None
+
+
 def check_adapters(paths: dict[str, str], model_config: Any, model_name: str,
-                   max_rank: int = 1 << 16) -> list[AdapterSpec]:
-    """Every adapter checked against the served model; AdapterError lists each one that does not fit."""
+                   max_rank: int = 1 << 16, language_model: str | None = None) -> list[AdapterSpec]:
+    """Every adapter checked against the served model; AdapterError lists each one that does not fit.
+
+    `language_model`: on a speech-in model, the language model's module path; adapters must stay inside it.
+    """
     model = text_config(model_config)
     specs, problems = [], []
     for name, path in sorted(paths.items()):
-        problem = adapter_mismatch(path, model, max_rank)
+        problem = None
+        if language_model is not None and (Path(path) / WEIGHTS).exists():  # the precise reason first
+            problem = outside_language_model(path, language_model)
+        problem = problem or adapter_mismatch(path, model, max_rank)
         if problem is not None:
             problems.append(f"adapter {name!r} ({path}): {problem}")
             continue

@@ -10,10 +10,10 @@ decoding or model work, so a bad clip costs its sender an error and its neighbou
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
-from voxgrid.services.llm.chat import render_prompt
 from voxgrid.services.llm.engines.base import (
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
@@ -22,6 +22,7 @@ from voxgrid.services.llm.engines.base import (
     RequestError,
     SpeechInput,
 )
+from voxgrid.services.llm.speech_prompt import PromptEncoder
 
 from voxgrid.audio import AudioFormatError, AudioIn, AudioSpec
 from voxgrid.v1 import audio_pb2, llm_pb2
@@ -94,16 +95,18 @@ def speech_input_from_processor(processor: Any, max_audio_s: float) -> tuple[Spe
     """What a speech-in checkpoint's processor says about hearing, and its audio token id (None if it has none).
 
     The window is its feature extractor's (Whisper-style: `chunk_length` seconds at `sampling_rate`); the
-    tokens per second are counted by running the processor on one second of silence through the model's
-    own chat template, so nothing here is written per model.
+    tokens per second are counted by encoding one whole window of silence the way requests are encoded
+    (the model's chat template and processor, or mistral-common), so nothing here is written per model.
+    A model that pads every clip to whole windows (Voxtral) spends a window's tokens on a shorter clip too.
     """
     extractor = processor.feature_extractor
     rate = int(extractor.sampling_rate)
     window_ms = int(getattr(extractor, "chunk_length", 30) * 1000)
     token = getattr(processor, "audio_token", None)
     token_id = processor.tokenizer.convert_tokens_to_ids(token) if token else None
-    second = np.zeros(rate, np.float32)
-    prompt = render_prompt(processor, [Message("user", audio=(second,), audio_rate_hz=rate)])
-    ids = processor(text=[prompt], audio=[second], sampling_rate=rate, return_tensors="np").input_ids
-    per_second = int((ids == token_id).sum()) if token_id is not None else 0
+    window = np.zeros(rate * window_ms // 1000, np.float32)
+    encoder = PromptEncoder(processor, processor.tokenizer, rate)
+    ids = np.asarray(encoder.encode([Message("user", audio=(window,), audio_rate_hz=rate)]).ids)
+    per_window = int((ids == token_id).sum()) if token_id is not None else 0
+    per_second = math.ceil(per_window * 1000 / window_ms)
     return SpeechInput(rate, window_ms, max(window_ms, int(max_audio_s * 1000)), per_second), token_id

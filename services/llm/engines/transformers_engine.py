@@ -20,7 +20,9 @@ class its config names. Prompts then come from the processor's chat template, wh
 audio placeholders; the processor expands them and turns the audio windows into encoder features. A
 request with audio is prefilled in one step from its first audio token on (chunked prefill is bypassed for
 it: the encoder needs all of a window at once), and only the text before that token is ever cached or
-reused, since identical placeholder ids stand for different audio.
+reused, since identical placeholder ids stand for different audio. Prompt ids come from the checkpoint's own
+processor either way (`speech_prompt.py`: a chat template, or mistral-common for Voxtral). LoRA adapters on a
+speech-in model adapt its language model only (checked at load: the audio encoder has q_proj too).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from voxgrid.services.llm.adapters import BASE, AdapterError, AdapterSpec, check_adapters, load_peft
+from voxgrid.services.llm.adapters import BASE, AdapterSpec, check_adapters, load_peft
 from voxgrid.services.llm.assets import resolve_model
 from voxgrid.services.llm.audio_input import speech_input_from_processor
-from voxgrid.services.llm.chat import ToolCallParser, render_prompt
+from voxgrid.services.llm.chat import ToolCallParser
 from voxgrid.services.llm.engines.base import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -62,6 +64,7 @@ from voxgrid.services.llm.engines.prefix_cache import SessionPrefixCache
 from voxgrid.services.llm.engines.sampling import choose_next_token
 from voxgrid.services.llm.engines.text_output import IncrementalDetokenizer, StopStringMatcher
 from voxgrid.services.llm.metrics import LlmMetrics
+from voxgrid.services.llm.speech_prompt import PromptEncoder
 
 if TYPE_CHECKING:
     from voxgrid.services.llm.settings import LlmSettings
@@ -125,6 +128,7 @@ class TransformersEngine(LlmEngine):
         self.model: Any = None
         self.tokenizer: Any = None
         self.processor: Any = None  # speech-in models only: renders prompts and extracts audio features
+        self._prompts: PromptEncoder | None = None  # messages -> ids (+ encoder inputs), the checkpoint's way
         self.speech: SpeechInput | None = None
         self._audio_token_id: int | None = None
         self.context_len = 0
@@ -155,17 +159,19 @@ class TransformersEngine(LlmEngine):
         started = time.perf_counter()
         config = AutoConfig.from_pretrained(path)
         adapters = s.served_adapters()
+        language_model = None
         if getattr(config, "audio_config", None) is not None:
-            if adapters:
-                raise AdapterError("LoRA adapters on a speech-in model are not served by the transformers engine: "
-                                   "unset adapters_dir/lora_adapters or use engine=vllm")
             self._load_speech_model(path, config, dtype)
+            # Adapters of a speech-in model may adapt its language model only (the audio encoder has q_proj too).
+            language_model = _module_path(self.model, self.model.get_decoder())
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(s.device).eval()
-            if adapters:  # checked against the model before peft touches it: a mismatch names the adapter
-                self._adapter_specs = check_adapters(adapters, self.model.config, s.model_name)
-                self.model = load_peft(self.model, self._adapter_specs)
+            self._prompts = PromptEncoder(None, self.tokenizer)
+        if adapters:  # checked against the model before peft touches it: a mismatch names the adapter
+            self._adapter_specs = check_adapters(adapters, self.model.config, s.model_name,
+                                                 language_model=language_model)
+            self.model = load_peft(self.model, self._adapter_specs)
         text_config = self.model.config.get_text_config()
         model_max = int(getattr(text_config, "max_position_embeddings", 0) or 32768)
         self.context_len = min(s.max_model_len, model_max) if s.max_model_len else model_max
@@ -193,6 +199,7 @@ class TransformersEngine(LlmEngine):
         self.tokenizer = self.processor.tokenizer
         self.model = model_class.from_pretrained(path, dtype=dtype).to(self.settings.device).eval()
         self.speech, self._audio_token_id = speech_input_from_processor(self.processor, self.settings.max_audio_s)
+        self._prompts = PromptEncoder(self.processor, self.tokenizer, self.speech.sample_rate_hz)
 
     async def stop(self) -> None:
         with self._cond:
@@ -336,12 +343,6 @@ class TransformersEngine(LlmEngine):
             self.metrics.cancellations.inc()
             self._finish(active, FinishReason.CANCELLED)
 
-    def _render(self, messages: tuple[Message, ...] | list[Message], tools: tuple[ToolSpec, ...],
-                for_generate: bool) -> str:
-        # A speech-in model's own template (the processor's) for every prompt, text-only ones too, so a
-        # prewarmed text prefix and a later audio turn tokenise alike.
-        return render_prompt(self.processor or self.tokenizer, messages, tools, add_generation_prompt=for_generate)
-
     def _encode(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool) -> torch.Tensor:
         ids, _ = self._encode_with_audio(messages, tools, for_generate, features=False)
         return ids
@@ -349,22 +350,20 @@ class TransformersEngine(LlmEngine):
     def _encode_with_audio(
         self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool, features: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """Prompt ids, and the audio encoder's inputs when a message carries audio (``features``)."""
-        text = self._render(messages, tools, for_generate)
-        windows = [w for m in messages for w in m.audio]
-        if not windows:
-            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-            return ids.to(self.settings.device), None
-        assert self.speech is not None  # checked at the edge: audio only reaches a model that hears
-        inputs = self.processor(text=[text], audio=windows, sampling_rate=self.speech.sample_rate_hz,
-                                return_tensors="pt")
+        """Prompt ids, and the audio encoder's inputs when a message carries audio (``features``).
+
+        A speech-in model's own processor builds every prompt, text-only ones too (speech_prompt.py), so a
+        prewarmed text prefix and a later audio turn tokenise alike.
+        """
+        assert self._prompts is not None
+        prompt = self._prompts.encode(messages, tools, for_generate, features=features)
+        ids = torch.tensor(prompt.ids, dtype=torch.long, device=self.settings.device)
         audio = None
-        if features:
-            audio = {k: v.to(self.settings.device) for k, v in inputs.items()
-                     if k not in ("input_ids", "attention_mask")}
+        if prompt.audio is not None:
+            audio = {k: v.to(self.settings.device) for k, v in prompt.audio.items()}
             if "input_features" in audio and self.model.dtype.is_floating_point:
                 audio["input_features"] = audio["input_features"].to(self.model.dtype)
-        return inputs.input_ids[0].to(self.settings.device), audio
+        return ids, audio
 
     def _audio_start(self, ids: torch.Tensor) -> int | None:
         """Index of the first audio token in ``ids`` (None when there is none)."""
@@ -465,6 +464,10 @@ class TransformersEngine(LlmEngine):
         """Run a step; a failure fails the requests involved, never the engine."""
         try:
             step(target)
+        except RequestError as exc:  # the request's own problem, found while encoding it (mistral-common's checks)
+            for active in target if isinstance(target, list) else [target]:
+                active.handle.push_threadsafe(RequestFailed(exc.code, exc.message))
+                self._finish(active, FinishReason.ERROR)
         except Exception as exc:
             affected = target if isinstance(target, list) else [target]
             log.exception("generation step failed for %s", [a.handle.request_id for a in affected])
@@ -582,6 +585,11 @@ class TransformersEngine(LlmEngine):
             queue_ms=(active.admitted - request.arrival) * 1000.0,
             total_ms=total_s * 1000.0,
         ))
+
+
+def _module_path(model: Any, module: Any) -> str:
+    """The dotted path of `module` inside `model` (the language model of a multimodal checkpoint)."""
+    return next(name for name, candidate in model.named_modules() if candidate is module)
 
 
 def _ms_since(start: float) -> float:

@@ -50,6 +50,7 @@ from voxgrid.services.llm.engines.base import (
 )
 from voxgrid.services.llm.engines.transformers_engine import prompt_too_long
 from voxgrid.services.llm.metrics import LlmMetrics
+from voxgrid.services.llm.speech_prompt import PromptEncoder
 
 if TYPE_CHECKING:
     from voxgrid.services.llm.settings import LlmSettings
@@ -83,6 +84,16 @@ def engine_args(settings: LlmSettings, cpu: bool = False) -> dict[str, Any]:
         args["long_prefill_token_threshold"] = settings.long_prefill_token_threshold
     if settings.quantization:
         args["quantization"] = settings.quantization
+    folder = Path(args["model"])
+    if (folder / "tekken.json").exists():
+        # The checkpoint's tokenizer is mistral-common's (Voxtral, ...): vLLM's auto mode picks it only for hub
+        # ids under mistralai/, and its Voxtral processor refuses any other.
+        args["tokenizer_mode"] = "mistral"
+    if (folder / "params.json").exists():
+        # Mistral's own checkpoint format (params.json + consolidated.safetensors): what vLLM's Voxtral loads.
+        args["config_format"] = "mistral"
+        if settings.load_format == "auto":
+            args["load_format"] = "mistral"
     if settings.enable_lora or settings.adapter_paths() or settings.adapters_dir is not None:
         args.update(enable_lora=True, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank)
     if cpu:
@@ -221,6 +232,7 @@ class VllmEngine(LlmEngine):
         self.processor: Any = None  # speech-in models: renders prompts with the model's audio placeholders
         self.speech: SpeechInput | None = None
         self._audio_token_id: int | None = None
+        self._prompts: PromptEncoder | None = None  # speech-in models: their processor's prompt building
         self._lora: dict[str, Any] = {}
         self._adapter_specs: list[AdapterSpec] = []
 
@@ -299,9 +311,12 @@ class VllmEngine(LlmEngine):
         return len(self._tasks)
 
     def _prompt_ids(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool) -> list[int]:
-        # A speech-in model's own template (its processor's) for text-only prompts too: prefixes then match.
-        text = render_prompt(self.processor or self.tokenizer, messages, tools, add_generation_prompt=for_generate)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if self._prompts is not None:
+            # A speech-in model's own processor for text-only prompts too: prefixes then match.
+            ids = self._prompts.encode(messages, tools, for_generate).ids
+        else:
+            text = render_prompt(self.tokenizer, messages, tools, add_generation_prompt=for_generate)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) >= self.context_len:
             raise RequestError(INVALID_ARGUMENT, prompt_too_long(len(ids), self.context_len, self.settings.model_name))
         return ids
@@ -338,6 +353,7 @@ class VllmEngine(LlmEngine):
 
         self.processor = AutoProcessor.from_pretrained(resolve_model(self.settings.model))
         self.speech, self._audio_token_id = speech_input_from_processor(self.processor, self.settings.max_audio_s)
+        self._prompts = PromptEncoder(self.processor, self.processor.tokenizer, self.speech.sample_rate_hz)
         log.info("%s hears %s", self.settings.model_name, self.speech)
 
     def _prompt(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...], for_generate: bool
@@ -346,14 +362,22 @@ class VllmEngine(LlmEngine):
 
         Text goes as token ids; with audio, as the text the model's own chat template wrote (one
         placeholder per window) plus `multi_modal_data`, which vLLM's processor for the architecture
-        expands and encodes (and resamples, though windows already come at the model's rate).
+        expands and encodes (and resamples, though windows already come at the model's rate). A
+        mistral-common checkpoint (Voxtral) has no template text: its ids, [AUDIO] tokens already laid
+        out by mistral-common, go with the audio, and vLLM's processor finds them there.
         """
         if not any(m.audio for m in messages):
             ids = self._prompt_ids(messages, tools, for_generate)
             return {"prompt_token_ids": ids}, len(ids)
-        assert self.speech is not None  # checked at the edge: audio only reaches a model that hears
-        text = render_prompt(self.processor, messages, tools, add_generation_prompt=for_generate)
+        assert self.speech is not None and self._prompts is not None  # checked at the edge
         windows = [(w, self.speech.sample_rate_hz) for m in messages for w in m.audio]
+        if self._prompts.mistral:
+            ids = self._prompts.encode(messages, tools, for_generate).ids
+            if len(ids) >= self.context_len:
+                raise RequestError(INVALID_ARGUMENT, prompt_too_long(len(ids), self.context_len,
+                                                                     self.settings.model_name))
+            return {"prompt_token_ids": ids, "multi_modal_data": {"audio": windows}}, len(ids)
+        text = render_prompt(self.processor, messages, tools, add_generation_prompt=for_generate)
         estimate = len(self.tokenizer.encode(text, add_special_tokens=False)) + int(
             sum(m.audio_seconds for m in messages) * self.speech.tokens_per_second)
         if estimate >= self.context_len:
@@ -368,7 +392,10 @@ class VllmEngine(LlmEngine):
         request = handle.request
         engine_id = f"{request.session_id}-{request.request_id}-{uuid.uuid4().hex[:8]}"
         try:
-            prompt, _ = self._prompt(request.messages, request.tools, for_generate=True)
+            if any(m.audio for m in request.messages):  # encodes clips (mistral-common reads WAV): off the loop
+                prompt, _ = await asyncio.to_thread(self._prompt, request.messages, request.tools, True)
+            else:
+                prompt, _ = self._prompt(request.messages, request.tools, for_generate=True)
             audio_seconds = sum(m.audio_seconds for m in request.messages)
             if audio_seconds:
                 self.metrics.audio_seconds.inc(audio_seconds)
