@@ -12,20 +12,24 @@ per 10 ms frame. WER over 100 % means whisper hallucinated (inserted words).
 
     python benchmarks/bench_edge_audio.py --echo-turns 20   # the echo guard instead (see echo_bench)
 
-`--echo-turns N`: false barge-ins per 100 agent turns with and without the echo guard. A silent
-speakerphone caller (tests/e2e/echo_caller.py: the agent's audio back into its microphone at -6 dB, 40, 120
-and 80 ms late in turn) against real STT (tiny.en) and TTS (Piper) and a fake LLM with fixed ~10 s answers,
+`--echo-turns N`: false barge-ins per 100 agent turns with and without the echo guard (old: no delay
+tracking; new: with it). A silent speakerphone caller (tests/e2e/echo_caller.py: the agent's audio back into
+its microphone at -6 dB, 40/120/60/100/80 ms late, a different delay every turn) against real STT
+(tiny.en) and TTS (Piper) and a fake LLM with fixed ~10 s answers,
 N typed prompts with the guard (echo cancellation + self-echo check), N/4 without it (an agent that hears
-itself talks on and on); `--echo-each-alone` adds each mechanism alone.
+itself talks on and on); `--echo-each-alone` adds each mechanism alone; `--echo-interrupts K` then has a
+second voice interrupt K answers per guard (detected per 100, seconds to the INTERRUPTED event).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -94,11 +98,14 @@ def frame_cost(engine: str, seconds: float = 20.0) -> tuple[float, float]:
     (not interleaved with whisper, whose threads would inflate it)."""
     x = (0.1 * np.random.default_rng(0).standard_normal(int(RATE * seconds))).astype(np.float32)
     stage = NoiseStage(RATE, engine)
+    stage.process(x[:CHUNK])  # warm up: DeepFilterNet loads its model (~0.4 s) on the first frame
+    busy0, frames0 = stage.compute_s, stage.frames_processed
     t0 = time.perf_counter()
-    for i in range(0, len(x), CHUNK):
+    for i in range(CHUNK, len(x), CHUNK):
         stage.process(x[i : i + CHUNK])
     wall = time.perf_counter() - t0
-    return 1000 * stage.compute_s / max(stage.frames_processed, 1), 1000 * wall / (seconds * 100)
+    frames = max(stage.frames_processed - frames0, 1)
+    return 1000 * (stage.compute_s - busy0) / frames, 1000 * wall / ((len(x) - CHUNK) / RATE * 100)
 
 
 def load_model(cpu_threads: int = 0):  # type: ignore[no-untyped-def]
@@ -129,58 +136,89 @@ def corpus_wer(engine, prompts: Sequence[tuple[str, np.ndarray]], noise_kind: st
     return word_error_rate(" ".join(refs), " ".join(hyps)), frames, busy
 
 
-def echo_bench(turns: int, each_alone: bool = False) -> None:
-    """False barge-ins per 100 agent turns by echo-guard setting (the no-guard run is capped: it talks to itself)."""
+def echo_bench(turns: int, each_alone: bool = False, interrupts: int = 0) -> None:
+    """False barge-ins per 100 agent turns by echo-guard setting (the no-guard run is capped: it talks to itself),
+    then real interruptions by a second voice detected per 100 and how fast, per guard."""
     import asyncio
 
-    from tests.e2e.echo_caller import echo_stack, silent_echo_call
+    from tests.e2e.echo_caller import echo_stack, interrupting_call, silent_echo_call
 
-    async def run() -> list[list[object]]:
+    settings = [("none", False, False, False, max(2, turns // 4)),
+                ("old guard (no delay tracking)", True, True, False, turns),
+                ("guard with delay tracking", True, True, True, turns)]
+    if each_alone:
+        settings[1:1] = [("self-echo check only", False, True, False, turns),
+                         ("echo cancellation only (tracking)", True, False, True, turns)]
+
+    async def run() -> tuple[list[list[object]], list[list[object]]]:
         rows: list[list[object]] = []
+        irows: list[list[object]] = []
         async with echo_stack() as stub:
-            settings = [("none", False, False, max(2, turns // 4)), ("both (the guard)", True, True, turns)]
-            if each_alone:
-                settings[1:1] = [("self-echo check only", False, True, turns), ("echo cancellation only", True, False,
-                                                                                turns)]
-            for name, aec, check, n in settings:
+            for name, aec, check, tracking, n in settings:
                 t0 = time.perf_counter()
-                r = await silent_echo_call(stub, aec=aec, check=check, turns=n, settle_s=20.0)
+                r = await silent_echo_call(stub, aec=aec, check=check, turns=n, settle_s=20.0, tracking=tracking)
                 agent_turns = max(1, r.agent_turns)
                 att = f"{np.mean(r.attenuation_db):.1f}" if r.attenuation_db else "-"
                 rows.append([name, n, r.agent_turns, r.interruptions, f"{100 * r.interruptions / agent_turns:.0f}",
                              r.echo_user_turns, r.rejected_as_echo, r.unsettled, att])
                 print(rows[-1], f"{time.perf_counter() - t0:.0f} s", flush=True)
-        return rows
+            if interrupts:
+                voice = second_voice()
+                for name, aec, check, tracking, _ in settings[-2:]:
+                    r = await interrupting_call(stub, voice, aec=aec, check=check, tracking=tracking,
+                                                turns=interrupts)
+                    med = f"{np.median(r.detect_s):.2f}" if r.detect_s else "-"
+                    worst = f"{max(r.detect_s):.2f}" if r.detect_s else "-"
+                    irows.append([name, r.tries, r.detected, f"{100 * r.detected / max(1, r.tries):.0f}", med, worst])
+                    print(irows[-1], flush=True)
+        return rows, irows
 
-    print(f"echo guard: {turns} prompts per setting; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    rows = asyncio.run(run())
+    print(f"echo guard: {turns} prompts per setting, echo delay 40/120/60/100/80 ms changing every turn, -6 dB; "
+          f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rows, irows = asyncio.run(run())
     print(table(["guard", "prompts", "agent turns", "false barge-ins", "per 100 agent turns", "finals heard",
                  "rejected as echo", "never fell silent", "echo attenuation dB (mean per turn)"], rows))
+    if irows:
+        print("\nA second voice (flite rms) talking over the answer 0.3 / 3.0 / 1.0 s after it starts, in turn")
+        print(table(["guard", "tries", "detected", "per 100", "median s to INTERRUPTED", "worst s"], irows))
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+
+
+def second_voice() -> np.ndarray:
+    """flite's "rms" (a man's voice; the agent's Piper voice is a woman's) at 16 kHz."""
+    import tempfile
+
+    import soxr
+
+    from voxgrid.speech import synthesize
+
+    with tempfile.TemporaryDirectory() as d:
+        x, rate = synthesize("Stop please. What time do you open tomorrow?", Path(d) / "rms.wav", voice="rms")
+    return soxr.resample(x, rate, 16000).astype(np.float32)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--echo-turns", type=int, default=0, help="run the echo-guard benchmark with this many prompts")
     ap.add_argument("--echo-each-alone", action="store_true", help="also each echo-guard mechanism alone")
+    ap.add_argument("--echo-interrupts", type=int, default=0, help="and this many real interruptions per guard")
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--snr", type=float, nargs="+", default=[5.0, 0.0])
     ap.add_argument("--noise", nargs="+", default=["white", "speech"], choices=["white", "speech"])
-    ap.add_argument("--engines", nargs="+", default=["speex", "webrtc", "rnnoise"])
+    ap.add_argument("--engines", nargs="+", default=["speex", "webrtc", "rnnoise", "dfn"])
+    ap.add_argument("--cost-only", action="store_true", help="only the cost tables (no whisper, no WER)")
     ap.add_argument("--beam", type=int, default=5)
     args = ap.parse_args()
     if args.echo_turns:
-        echo_bench(args.echo_turns, args.echo_each_alone)
+        echo_bench(args.echo_turns, args.echo_each_alone, args.echo_interrupts)
+        return
+    if args.cost_only:
+        cost_tables([e for e in args.engines if available(e)])
         return
     prompts = load_prompts(args.prompts)
     if not prompts:
         sys.exit("no telephone prompts: apt-get install asterisk-core-sounds-en-wav")
-    engines = []
-    for e in args.engines:
-        try:
-            NoiseStage(RATE, e).flush()
-            engines.append(e)
-        except NoiseEngineUnavailable as exc:
-            print(f"skipping {e}: {exc}")
+    engines = [e for e in args.engines if available(e)]
     model = load_model()
     babble = babble_source()
     audio_s = sum(len(a) for _, a in prompts) / RATE
@@ -202,12 +240,110 @@ def main() -> None:
     print("WER % (tiny.en) by suppressor")
     print(table(["noise", "none", *engines], rows))
     print()
+    cost_tables(engines)
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+
+
+def available(engine: str) -> bool:
+    try:
+        NoiseStage(RATE, engine).flush()
+        return True
+    except NoiseEngineUnavailable as exc:
+        print(f"skipping {engine}: {exc}")
+        return False
+
+
+def cost_tables(engines: Sequence[str]) -> None:
     print(f"Suppressor cost per 10 ms of 8 kHz audio, 20 s streamed in 20 ms chunks (load "
           f"{os.getloadavg()[0]:.1f})")
     costs = {e: frame_cost(e) for e in engines}
     print(table(["engine", "engine call, ms", "stage incl. resampling, ms", "share of one core"],
                 [[e, f"{a:.3f}", f"{b:.3f}", f"{b / 10 * 100:.2f} %"] for e, (a, b) in costs.items()]))
-    print(f"\n{time.perf_counter() - t0:.0f} s")
+    print()
+    print("The hop to the suppression worker, per 20 ms chunk (one chunk in flight at a time; load "
+          f"{os.getloadavg()[0]:.1f})")
+    hops = {e: asyncio.run(hop_cost(e)) for e in engines}
+    print(table(["engine", "inline: loop ms", "worker: loop ms", "worker: submit to result, ms",
+                 "of which the engine, ms", "hop overhead, ms"],
+                [[e, f"{a:.3f}", f"{b:.3f}", f"{c:.3f}", f"{d:.3f}", f"{c - d:.3f}"]
+                 for e, (a, b, c, d) in hops.items()]))
+    print()
+    sessions = 4
+    print(f"Event-loop lag with {sessions} calls streaming 8 kHz audio in real time (20 ms chunks), 6 s; a 1 ms "
+          f"ticker's lateness (load {os.getloadavg()[0]:.1f})")
+    rows = []
+    for e in engines:
+        for offload in (False, True):
+            p50, p99, worst = asyncio.run(loop_lag(e, offload, sessions))
+            rows.append([e, "worker" if offload else "inline", f"{p50:.2f}", f"{p99:.2f}", f"{worst:.1f}"])
+    print(table(["engine", "runs", "lag p50, ms", "lag p99, ms", "worst, ms"], rows))
+
+
+async def hop_cost(engine: str, chunks: int = 200) -> tuple[float, float, float, float]:
+    """Per 20 ms chunk: (inline: ms of the loop's time, worker: loop-thread CPU ms, worker: ms from submit to
+    the result back on the loop, worker: ms inside the engine). The last two's difference is the hop."""
+    from voxgrid.noise.worker import SuppressionWorker
+
+    x = (0.1 * np.random.default_rng(0).standard_normal(CHUNK * chunks)).astype(np.float32)
+    stage = NoiseStage(RATE, engine)
+    stage.process(x[:CHUNK])  # warm up (DeepFilterNet loads its model on the first frame)
+    t0 = time.perf_counter()
+    for i in range(chunks):
+        stage.process(x[i * CHUNK : (i + 1) * CHUNK])
+    inline_ms = 1000 * (time.perf_counter() - t0) / chunks
+    worker = SuppressionWorker()
+    worker_stage = NoiseStage(RATE, engine)
+    stream = worker.stream(worker_stage, lambda y: None)
+    for i in range(3):  # warm up (the model load, the engine's delay)
+        stream.submit(x[i * CHUNK : (i + 1) * CHUNK])
+        await stream.drained()
+    c0, t0, busy0 = time.thread_time(), time.perf_counter(), worker_stage.compute_s
+    for i in range(chunks):
+        stream.submit(x[i * CHUNK : (i + 1) * CHUNK])
+        await stream.drained()
+    wall, cpu, busy = time.perf_counter() - t0, time.thread_time() - c0, worker_stage.compute_s - busy0
+    stream.close()
+    worker.shutdown()
+    return inline_ms, 1000 * cpu / chunks, 1000 * wall / chunks, 1000 * busy / chunks
+
+
+async def loop_lag(engine: str, offload: bool, sessions: int, seconds: float = 6.0) -> tuple[float, float, float]:
+    """How late a 1 ms timer fires while `sessions` calls stream through the engine inline or on the worker."""
+    from voxgrid.noise.worker import SuppressionWorker
+
+    worker = SuppressionWorker() if offload else None
+    x = (0.1 * np.random.default_rng(1).standard_normal(int(RATE * seconds))).astype(np.float32)
+
+    async def call(k: int) -> None:
+        stage = NoiseStage(RATE, engine)
+        stream = worker.stream(stage, lambda y: None) if worker is not None else None
+        await asyncio.sleep(0.02 * k / sessions)  # calls do not send in lockstep
+        start = time.perf_counter()
+        for i in range(0, len(x), CHUNK):
+            if stream is not None:
+                await stream.ready()
+                stream.submit(x[i : i + CHUNK])
+            else:
+                stage.process(x[i : i + CHUNK])
+            await asyncio.sleep(max(0.0, start + (i + CHUNK) / RATE - time.perf_counter()))
+        if stream is not None:
+            stream.close()
+
+    lateness: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lateness.append(1000 * (time.perf_counter() - t - 0.001))
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.gather(*(call(k) for k in range(sessions)))
+    tick.cancel()
+    if worker is not None:
+        worker.shutdown()
+    a = np.array(lateness[50:])
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
 
 
 if __name__ == "__main__":

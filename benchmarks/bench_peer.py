@@ -47,7 +47,7 @@ from voxgrid.orchestrator.client import AgentCall, session_config
 from benchmarks.common import ROOT, ServiceProcess, free_port, pct, table
 from voxgrid.audio import AudioOut, read_wav
 from voxgrid.client import channel
-from voxgrid.v1 import agent_pb2_grpc, stt_pb2
+from voxgrid.v1 import agent_pb2, agent_pb2_grpc, stt_pb2
 
 PEER_SRC = ROOT.parent / "shared" / "peers" / "pipecat"
 FRAME_MS = 20
@@ -102,11 +102,18 @@ async def ask(stub: agent_pb2_grpc.AgentStub, config: object, question: int, sam
         await call.silence(0.5)
         times = await send_paced(call, samples, rate)
         t_last = times[last_speech_frame(samples, rate)]
-        await call.silence(30, until=lambda: call.turn_over(1)(call.record) or call.done.is_set())
+        # The answer's turn id: 1, or later when a speculative answer was voided (ids are not reused).
+        def answered(rec) -> bool:  # type: ignore[no-untyped-def]
+            lats = rec.of("latency")
+            return bool(lats) and call.turn_over(lats[0].turn_id)(rec)
+
+        await call.silence(30, until=lambda: answered(call.record) or call.done.is_set())
         first = next((t for t, r in call.record.responses if r.WhichOneof("event") == "agent_audio"), None)
         lats = call.record.of("latency")
+        tid = lats[0].turn_id if lats else 1
         return Turn(question, None if first is None else first - t_last, " ".join(call.record.finals()),
-                    call.record.agent_text(1), lats[0] if lats else None, call.record.agent_audio(call.out_spec, 1))
+                    call.record.agent_text(tid), lats[0] if lats else None,
+                    call.record.agent_audio(call.out_spec, tid))
 
 
 # --- the two systems ------------------------------------------------------------------------------------
@@ -154,6 +161,8 @@ def session(args: argparse.Namespace, prompt: str) -> object:
     if args.turn_min_wait_ms:
         endpointing.turn_min_wait_ms = args.turn_min_wait_ms
     config = session_config(system_prompt=prompt, endpointing=endpointing)
+    if args.fast_preview in ("on", "off"):
+        endpointing.fast_preview = args.fast_preview == "on"
     if args.max_tokens:
         config.sampling.max_tokens = args.max_tokens
     if args.greedy or args.naturalness:  # the same reply both ways: WER compares the speaking, not the words
@@ -181,10 +190,17 @@ async def run_voxgrid(args: argparse.Namespace, wavs: list[tuple[np.ndarray, int
         plan = [(-1, 0)] + [(k, k % len(wavs)) for k in range(len(wavs) * args.reps)]
         channels = {name: channel(target) for name, target in targets.items()}
         try:
-            stubs = {name: agent_pb2_grpc.AgentStub(ch) for name, ch in channels.items()}
+            lanes = {name: (agent_pb2_grpc.AgentStub(ch), config) for name, ch in channels.items()}
+            if args.fast_preview == "both":  # the same stack, sessions with and without STT's fast preview
+                off, on = (type(config)(), type(config)())
+                off.CopyFrom(config)
+                on.CopyFrom(config)
+                off.endpointing.fast_preview, on.endpointing.fast_preview = False, True
+                lanes = {"voxgrid": (lanes["voxgrid"][0], off), "voxgrid, fast preview": (lanes["voxgrid"][0], on)}
+                runs["voxgrid, fast preview"] = []
             for k, qi in plan:
-                for name, stub in stubs.items():  # interleaved: both see the same machine load
-                    turn = await ask(stub, config, qi, *wavs[qi])
+                for name, (stub, lane_config) in lanes.items():  # interleaved: all see the same machine load
+                    turn = await ask(stub, lane_config, qi, *wavs[qi])
                     print(f"  {name} q{qi + 1}{' (warm-up)' if k < 0 else ''}: {describe(turn)}", flush=True)
                     if k >= 0:
                         runs[name].append(turn)
@@ -225,6 +241,9 @@ def breakdown(turns: list[Turn]) -> str:
         rows.append([label, pct(v, 50), pct(v, 90)])
     spec = sum(1 for x in lats if x.speculative)
     rows.append(["speculative turns", f"{spec} of {len(lats)}", ""])
+    hits = sum(1 for x in lats if x.speculation == agent_pb2.SPECULATION_OUTCOME_HIT)
+    misses = sum(1 for x in lats if x.speculation == agent_pb2.SPECULATION_OUTCOME_MISS)
+    rows.append(["previews: hit / missed (final said other words)", f"{hits} / {misses}", ""])
     return table(["voxgrid stage", "p50 ms", "p90 ms"], rows)
 
 
@@ -272,6 +291,10 @@ def main() -> None:
                     help="also run first audio by characters on the same backends and compare WER of the replies "
                     "(implies --greedy)")
     ap.add_argument("--greedy", action="store_true", help="voxgrid's sessions sample greedily (temperature 0)")
+    ap.add_argument("--fast-preview", choices=("server", "on", "off", "both"), default="server",
+                    help="STT's fast preview for voxgrid's sessions (server: the replica's default; both: each "
+                    "question also on sessions with it on, interleaved, and both rows printed)")
+    ap.add_argument("--questions", type=int, default=5, help="ask only the first N of the peer's five questions")
     args = ap.parse_args()
     load0 = os.getloadavg()
     if args.peer == "run" or not (args.workdir / "results" / "default.json").exists():
@@ -279,7 +302,7 @@ def main() -> None:
     peer = peer_results(args.workdir)
     prompt = (args.workdir / "system_prompt.txt").read_text().strip()
     wavs = []
-    for i in range(1, 6):
+    for i in range(1, min(args.questions, 5) + 1):
         x, rate = read_wav(args.workdir / "audio" / f"q{i}.wav")
         wavs.append((x, rate))
     runs = asyncio.run(run_voxgrid(args, wavs, prompt))
@@ -300,6 +323,14 @@ def main() -> None:
         ["ratio voxgrid / peer", "", f"{p50:.2f}x", f"{p90:.2f}x"]]))
     print()
     print(breakdown(runs["voxgrid"]))
+    if "voxgrid, fast preview" in runs:
+        fast = [t.v2v_s for t in runs["voxgrid, fast preview"] if t.v2v_s is not None]
+        print(f"\nsame stack, same questions, interleaved: STT fast preview off vs on (ratio on / off: p50 "
+              f"{pct(fast, 50) / pct(ours, 50):.2f}x, p90 {pct(fast, 90) / pct(ours, 90):.2f}x)")
+        print(table(["voxgrid sessions", "turns", "p50 s", "p90 s"], [
+            ["fast preview off", len(ours), f"{pct(ours, 50):.3f}", f"{pct(ours, 90):.3f}"],
+            ["fast preview on", len(fast), f"{pct(fast, 50):.3f}", f"{pct(fast, 90):.3f}"]]))
+        print(breakdown(runs["voxgrid, fast preview"]))
     if args.naturalness:
         print()
         print(naturalness(runs))

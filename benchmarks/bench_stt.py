@@ -17,9 +17,10 @@ answer half a question); endpoint wait = audio the client had sent when speech_e
 end of speech, on the whole sentences.
 
 `--preview`: the speculative preview (what the orchestrator prepares its answer from) against the
-endpoint: whole flite sentences in real time, one stream, for each `--preview-configs` entry
-(speculative_final_ms/final_window_quantum_s[/final beam size]); negative = the preview arrived before
-speech_ended.
+endpoint: whole flite sentences (and the Pipecat peer's five questions) in real time, one stream, for each
+`--preview-configs` entry: the speculative final as the preview (speculative_final_ms/final window s[/beam])
+or a fast preview (fastPREVIEW_MS/window s); negative = the preview arrived before speech_ended. Also: how
+often the preview says the final's words (the speculative answer is released), and when the final came.
 """
 
 from __future__ import annotations
@@ -158,51 +159,94 @@ async def turn_detection(args: argparse.Namespace) -> None:
               f"{capped} of {n} |")
 
 
-async def preview_timing(args: argparse.Namespace) -> None:
+PEER_QUESTIONS = ("What is the capital of France?", "How many days are in a week?",
+                  "What color is the sky on a clear day?", "Name a fruit that is yellow.", "What is two plus two?")
+
+
+def preview_items(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
+    """(reference, 16 kHz audio): the flite turn corpus's whole sentences, plus the Pipecat peer's wavs."""
     import tempfile
     from pathlib import Path
 
     from tests.stt.turn_corpus import RATE, corpus
+    from voxgrid.audio import StreamResampler
+
+    items = [(u.text, u.complete) for u in corpus(Path(tempfile.gettempdir()) / "voxgrid-turn-corpus",
+                                                  args.utterances)]
+    for i, text in enumerate(PEER_QUESTIONS, 1):
+        wav = Path(args.peer_audio) / f"q{i}.wav"
+        if wav.exists():
+            x, rate = read_wav(wav)
+            items.append((text, StreamResampler(rate, RATE).process(x, last=True) if rate != RATE else x))
+    return items
+
+
+def preview_settings(entry: str) -> SttSettings:
+    """`100/30[/5]`: the speculative final is the preview (speculative_final_ms / final window s / beam);
+    `fast32/3`: a fast preview `preview_ms` into the silence over windows of 3 s (the final as default)."""
+    common = dict(host="127.0.0.1", port=0, max_sessions=8, turn_model="")
+    if entry.startswith("fast"):
+        ms, quantum = entry.removeprefix("fast").split("/")
+        return SttSettings(**common, fast_preview=True, preview_ms=int(ms), preview_window_quantum_s=float(quantum))
+    spec_ms, quantum, *beam = entry.split("/")
+    return SttSettings(**common, fast_preview=False, speculative_final_ms=int(spec_ms),
+                       final_window_quantum_s=float(quantum), beam_size=int(beam[0]) if beam else 5)
+
+
+async def preview_timing(args: argparse.Namespace) -> None:
+    import contextlib
+
+    from voxgrid.orchestrator.turn_taking import same_words
+
+    from tests.stt.turn_corpus import RATE
     from voxgrid.audio import pcm16_spec
 
     spec = pcm16_spec(RATE)
-    items = corpus(Path(tempfile.gettempdir()) / "voxgrid-turn-corpus", args.utterances)
-    engine = FasterWhisperEngine(args.model, device=args.device, compute_type=args.compute_type,
-                                 cpu_threads=args.cpu_threads)
-    engine.load()
-    rows = []
-    for entry in args.preview_configs.split(","):
-        spec_ms, quantum, *beam = entry.split("/")
-        settings = SttSettings(host="127.0.0.1", port=0, max_sessions=8, speculative_final_ms=int(spec_ms),
-                               final_window_quantum_s=float(quantum), beam_size=int(beam[0]) if beam else 5,
-                               turn_model="")
-        engine.final_window_quantum_s = settings.final_window_quantum_s
-        engine.beam_size = settings.beam_size
-        leads, missing, refs, hyps = [], 0, [], []
-        async with start_server(SttRuntime(settings, engine=engine), settings) as srv, channel(srv.address) as ch:
-            stub = stt_pb2_grpc.SpeechToTextStub(ch)
-            cfg = stt_pb2.RecognitionConfig(format=spec.to_proto(), interim_results=True)
-            for u in items:
-                audio = np.concatenate([np.zeros(RATE // 2, np.float32), u.complete, np.zeros(RATE, np.float32)])
-                r = await recognize(stub, cfg, audio_chunks(audio, spec))
-                preview = next((i.at for i in r.received if i.response.HasField("transcript")
+    items = preview_items(args)
+    entries = args.preview_configs.split(",")
+    stats = {e: {"leads": [], "finals": [], "missing": 0, "same": 0, "hyps": []} for e in entries}
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = {}
+        for entry in entries:  # one server (and engine) per entry, all up at once: each item goes to every
+            settings = preview_settings(entry)  # entry in turn, so they all see the same machine load
+            settings = settings.model_copy(update=dict(model=args.model, device=args.device,
+                                                       compute_type=args.compute_type, cpu_threads=args.cpu_threads))
+            srv = await stack.enter_async_context(start_server(SttRuntime(settings), settings))
+            stubs[entry] = stt_pb2_grpc.SpeechToTextStub(await stack.enter_async_context(channel(srv.address)))
+        cfg = stt_pb2.RecognitionConfig(format=spec.to_proto(), interim_results=True)
+        for k, (_, complete) in enumerate(items):
+            audio = np.concatenate([np.zeros(RATE // 2, np.float32), complete, np.zeros(RATE, np.float32)])
+            for entry in entries[k % len(entries):] + entries[: k % len(entries)]:
+                st = stats[entry]
+                r = await recognize(stubs[entry], cfg, audio_chunks(audio, spec))
+                preview = next((i for i in r.received if i.response.HasField("transcript")
                                 and i.response.transcript.speculative), None)
                 ended = next((i.at for i in r.received if i.response.HasField("speech_event")
                               and i.response.speech_event.kind == stt_pb2.SpeechEvent.KIND_SPEECH_ENDED), None)
+                final = next((i.at for i in r.received if i.response.HasField("transcript")
+                              and i.response.transcript.is_final), None)
+                if ended is not None and final is not None:
+                    st["finals"].append(1000 * (final - ended))
                 if preview is None or ended is None:
-                    missing += 1
+                    st["missing"] += 1
                 else:
-                    leads.append(1000 * (preview - ended))
-                refs.append(u.text)
-                hyps.append(r.text)
-        rows.append((entry, pct(leads, 50), pct(leads, 90), sum(v < 0 for v in leads), len(items), missing,
-                     word_error_rate(" ".join(refs), " ".join(hyps))))
-        print(f"  {entry}: done", flush=True)
-    print("\n| speculative_final_ms / final window s [/ beam] | preview − speech_ended p50 / p90 ms "
-          "| previews before the endpoint | no preview | WER of finals |")
-    print("|---|---|---|---|---|")
-    for entry, p50, p90, before, n, missing, wer in rows:
-        print(f"| {entry} | {p50:+.0f} / {p90:+.0f} | {before} of {n} | {missing} | {100 * wer:.1f} % |")
+                    st["leads"].append(1000 * (preview.at - ended))
+                    agree = same_words(preview.response.transcript.text, r.text)
+                    st["same"] += agree
+                    if not agree:
+                        print(f"  {entry}: preview {preview.response.transcript.text!r} != final {r.text!r}")
+                st["hyps"].append(r.text)
+            print(f"  {k + 1}/{len(items)} done", flush=True)
+    refs = " ".join(text for text, _ in items)
+    n = len(items)
+    print("\n| preview | preview − speech_ended p50 / p90 ms | previews before the endpoint | no preview "
+          "| preview = final (words) | final − speech_ended p50 / p90 ms | WER of finals |")
+    print("|---|---|---|---|---|---|---|")
+    for entry, st in stats.items():
+        leads, finals = st["leads"], st["finals"]
+        print(f"| {entry} | {pct(leads, 50):+.0f} / {pct(leads, 90):+.0f} | {sum(v < 0 for v in leads)} of {n} "
+              f"| {st['missing']} | {st['same']} of {n - st['missing']} | {pct(finals, 50):+.0f} / "
+              f"{pct(finals, 90):+.0f} | {100 * word_error_rate(refs, ' '.join(st['hyps'])):.1f} % |")
 
 
 def delays(results: list) -> tuple[list[float], list[float]]:
@@ -321,6 +365,9 @@ if __name__ == "__main__":
     p.add_argument("--utterances", type=int, default=20, help="--turn-detection: utterances with a pause")
     p.add_argument("--preview", action="store_true",
                    help="instead: when the speculative preview arrives relative to speech_ended")
-    p.add_argument("--preview-configs", default="100/30,32/30,32/10",
-                   help="--preview: speculative_final_ms/final_window_quantum_s[/beam_size] entries, comma-separated")
+    p.add_argument("--preview-configs", default="100/30,fast32/3,fast96/3",
+                   help="--preview: entries, comma-separated: speculative_final_ms/final_window_quantum_s[/beam_size] "
+                   "(the speculative final is the preview) or fastPREVIEW_MS/PREVIEW_WINDOW_S (a fast preview)")
+    p.add_argument("--peer-audio", default="/tmp/peer/audio",
+                   help="--preview: the Pipecat peer's q1..q5.wav, added to the flite sentences when present")
     asyncio.run(main(p.parse_args()))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from voxgrid.orchestrator import telemetry
 from voxgrid.orchestrator.context import Message
+from voxgrid.orchestrator.language import instruction
 from voxgrid.orchestrator.limits import user_turn_problem
 from voxgrid.orchestrator.state import State
 from voxgrid.orchestrator.tools import ToolResult, ToolRunner
@@ -87,9 +88,12 @@ class Answer:
                 and s.conversation.append_to_last_user(user_text)):
             s.conversation.add(Message("user", user_text))
         self._prewarmed_text = ""
+        language = s.language.choose(turn_in_flight=s.turn is not None)
         turn = Turn(s.next_turn_id(), user_text, speech_end_at, endpoint_at, final_at,
                     speculative=bool(speculative_utterance), utterance_id=speculative_utterance,
+                    prepared_at=time.monotonic() if speculative_utterance else 0.0,
                     history_snapshot=snapshot)
+        turn.language = language
         s.turn = turn
         s.speech.start_turn(turn.turn_id, held=turn.speculative)
         if not turn.speculative:
@@ -114,8 +118,9 @@ class Answer:
         turn.cancelled = True
         self.s.links.send("llm", llm_pb2.ChatRequest(cancel=llm_pb2.CancelRequest(request_id=turn.request_id)))
 
-    def void_speculation(self, turn: Turn) -> None:
-        """The caller went on talking: drop the prepared answer without a trace."""
+    def void_speculation(self, turn: Turn, outcome: str = "voided") -> None:
+        """The caller went on talking (or the final said other words: `missed`): drop the prepared answer
+        without a trace."""
         self.cancel(turn)
         self.s.speech.stop(turn)
         history = self.s.conversation.history
@@ -124,12 +129,24 @@ class Answer:
         if last_user is not None and history:
             history[-1].content = last_user
         self.s.turn = None
-        telemetry.SPECULATIONS.labels("voided").inc()
+        telemetry.SPECULATIONS.labels(outcome).inc()
 
-    def confirm_speculation(self, turn: Turn, speech_end_at: float, endpoint_at: float, final_at: float) -> None:
-        """The final matches the preview: the prepared answer is the answer; its audio may go out."""
+    def confirm_speculation(self, turn: Turn, speech_end_at: float, endpoint_at: float, final_at: float,
+                            final_text: str = "") -> None:
+        """The final says the preview's words: the prepared answer is the answer; its audio may go out.
+        The history keeps the final's text (its case and punctuation), the accurate transcript."""
         turn.speculative = False
         turn.speech_end_at, turn.endpoint_at, turn.final_at = speech_end_at, endpoint_at, final_at
+        turn.speculation = agent_pb2.SPECULATION_OUTCOME_HIT
+        turn.speculation_lead_s = max(0.0, final_at - turn.prepared_at)
+        if final_text and final_text != turn.user_text:
+            for message in reversed(self.s.conversation.history):
+                if message.role == "user":
+                    if message.content.endswith(turn.user_text):
+                        message.content = message.content[: len(message.content) - len(turn.user_text)] + final_text
+                    break
+            turn.user_text = final_text
+        self.s.speech.show_held_text(turn)
         self.s.sm.to(State.THINKING, "caller finished (answer prepared)")
         self.s.speech.release()
         telemetry.SPECULATIONS.labels("confirmed").inc()
@@ -162,11 +179,14 @@ class Answer:
         turn.tool_calls = []
         turn.generate_sent_at = time.monotonic()
         self.s.links.send("llm", llm_pb2.ChatRequest(generate=llm_pb2.GenerateRequest(
-            request_id=turn.request_id, messages=self._messages(force_answer), sampling=self.sampling,
+            request_id=turn.request_id, messages=self._messages(force_answer, turn), sampling=self.sampling,
             tools=[] if force_answer else self.tools.schemas())))
 
-    def _messages(self, force_answer: bool) -> list[llm_pb2.ChatMessage]:
+    def _messages(self, force_answer: bool, turn: Turn | None = None) -> list[llm_pb2.ChatMessage]:
         messages = self.s.conversation.messages()
+        line = instruction(turn.language if turn is not None else None)
+        if line:  # the turn's language, a transient system line after the history (the prefix cache keeps)
+            messages.append(llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=line))
         if force_answer:  # a transient nudge, never kept in the history
             messages.append(llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=FORCE_ANSWER))
         return messages

@@ -78,6 +78,11 @@ class BackendCatalog:
             voices = await self._voices.get(config.voice)
             if voices is not None and config.voice not in voices:
                 raise ValueError(f"voice {config.voice!r} is unknown; available: {', '.join(sorted(voices))}")
+        for code, voice in sorted(config.answer_languages.voices.items()):
+            voices = await self._voices.get(voice)
+            if voices is not None and voice not in voices:
+                raise ValueError(f"answer_languages.voices[{code!r}]: voice {voice!r} is unknown; available: "
+                                 f"{', '.join(sorted(voices))}")
         if config.adapter:
             adapters = await self._adapters.get(config.adapter)
             if adapters is not None and config.adapter not in adapters:

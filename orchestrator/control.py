@@ -46,7 +46,7 @@ NEXT_TURN = ("voice", "speed")
 FIXED_FOR_CALL = ("endpointing",)
 # What a profile switch replaces; the rest of a profile cannot change mid-call and is reported as kept.
 PROFILE_SWITCHED = ("system_prompt", "tools", "sampling", "turn_taking", "idle")
-PROFILE_KEPT = ("voice", "speed", "adapter", "language", "endpointing", "edge_audio", "greeting")
+PROFILE_KEPT = ("voice", "speed", "adapter", "language", "endpointing", "edge_audio", "greeting", "answer_languages")
 ROLES = ("user", "assistant", "system")
 MAX_PENDING = 8  # queued say/add_message operations waiting for the turn in flight
 

@@ -35,7 +35,7 @@ class DuplexRelay:
         out_spec = (AudioSpec.from_proto(config.output_format, what="output_format", allow_opus=True)
                     if config.HasField("output_format") else self.in_spec)
         # The same audio edge as the pipeline: Opus and noise suppression before the model hears the caller.
-        self.caller_edge = CallerEdge(self.in_spec, suppressor_for(config.edge_audio))
+        self.caller_edge = CallerEdge(self.in_spec, suppressor_for(config.edge_audio), deliver=self._to_model)
         self.agent_edge = AgentEdge(out_spec)
         self.stream: StageStream | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -54,6 +54,8 @@ class DuplexRelay:
     def post(self, kind: str, payload: Any = None) -> None:
         assert self.stream is not None
         if kind == "client_end":
+            if self.caller_edge.finish(lambda: self.post("client_end")):
+                return  # the suppression worker's tail goes to the model first
             self.stream.send(duplex_pb2.DuplexRequest(control=duplex_pb2.DuplexControl(
                 action=duplex_pb2.DuplexControl.ACTION_END)))
             return
@@ -111,8 +113,14 @@ class DuplexRelay:
             self.out.put(self.usage.final_report())  # the session's usage, last before the stream ends
             self.out.close(error)
 
+    def _to_model(self, data: bytes) -> None:
+        """Caller audio back from the suppression worker (neural suppressors), in order."""
+        if data and self.stream is not None and not self.closed:
+            self.stream.send(duplex_pb2.DuplexRequest(audio=data))
+
     async def close(self) -> None:
         self.closed = True
+        self.caller_edge.close()
         if self.stream is not None:
             with contextlib.suppress(Exception):
                 self.stream.close()

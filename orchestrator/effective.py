@@ -41,7 +41,7 @@ def effective_config(config: agent_pb2.SessionConfig, session_id: str, settings:
         return eff
     if not eff.HasField("system_prompt"):
         eff.system_prompt = settings.default_system_prompt
-    if not eff.language:
+    if not eff.HasField("language"):  # set to "" = detect (see SessionConfig.language)
         eff.language = DEFAULT_LANGUAGE
     if not eff.HasField("speed"):
         eff.speed = 1.0

@@ -74,7 +74,9 @@ class HybridAnswer(Answer):
         else:
             message = Message("user", "", audio=clip)
             s.conversation.add(message)
+        language = s.language.choose(turn_in_flight=s.turn is not None)  # from the previous utterance's final
         turn = Turn(s.next_turn_id(), "", speech_end_at, endpoint_at, endpoint_at)
+        turn.language = language
         turn.mode = agent_pb2.AGENT_MODE_HYBRID
         turn.llm_audio_ms = _clip_ms(message.audio) if message.audio is not None else audio_ms
         turn.endpoint = endpoint
@@ -169,6 +171,7 @@ class HybridTurnTaking(TurnTaking):
             turn.transcript_at = time.monotonic()
             text = tr.text.strip()[: self.s.limits.max_transcript_chars]
             if text:
+                self.s.language.heard(tr)  # the next audio turn answers in the language detected here
                 message.content = f"{message.content} {text}".strip()
         self.s.maybe_finish()
 

@@ -18,7 +18,7 @@ from voxgrid.v1 import agent_pb2
 
 # SessionConfig fields a DUPLEX session cannot honour (each field's comment in agent.proto says so too).
 PIPELINE_ONLY = ("system_prompt", "voice", "tools", "greeting", "sampling", "turn_taking", "endpointing",
-                 "adapter", "speed", "context", "idle")
+                 "adapter", "speed", "context", "idle", "answer_languages")
 
 
 def _is_set(config: agent_pb2.SessionConfig, name: str) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from voxgrid.orchestrator.language import check_answer_languages
 from voxgrid.orchestrator.modes import check_mode_fields
 
 from voxgrid.v1 import agent_pb2
@@ -71,6 +72,7 @@ def check_values(config: agent_pb2.SessionConfig) -> None:
         raise ValueError(f"sampling.max_tokens {s.max_tokens} is out of range [1, 8192]")
     if config.HasField("speed") and not 0.5 <= config.speed <= 2.0:
         raise ValueError(f"speed {config.speed:g} is out of range [0.5, 2.0]")
+    check_answer_languages(config)
 
 
 def parse_profile(name: str, doc: Any) -> Profile:
@@ -125,6 +127,8 @@ def merge(profile: agent_pb2.SessionConfig, session: agent_pb2.SessionConfig) ->
     if session.tools:
         del merged.tools[:]
     merged.MergeFrom(session)
+    if session.HasField("answer_languages"):  # one decision, like tools: the session's replaces the profile's
+        merged.answer_languages.CopyFrom(session.answer_languages)
     return merged
 
 

@@ -34,6 +34,7 @@ from voxgrid.orchestrator.context import Conversation, Message
 from voxgrid.orchestrator.control import LiveControl
 from voxgrid.orchestrator.hybrid import HybridAnswer, HybridSpec, HybridTurnTaking
 from voxgrid.orchestrator.idle import IdleTimer
+from voxgrid.orchestrator.language import TurnLanguage
 from voxgrid.orchestrator.limits import InputLimits, SessionRateLimiter, user_turn_problem
 from voxgrid.orchestrator.notices import session_notice
 from voxgrid.orchestrator.routing import BackendPool
@@ -81,7 +82,8 @@ class PipelineSession:
                          if config.HasField("output_format") else self.in_spec)
         # The audio edge: Opus and noise suppression happen here, so STT and TTS see plain PCM when needed.
         self.caller_edge = CallerEdge(self.in_spec, suppressor_for(config.edge_audio),
-                                      echo_canceller(config.edge_audio, self.in_spec, self.out_spec))
+                                      echo_canceller(config.edge_audio, self.in_spec, self.out_spec),
+                                      deliver=lambda data: self.post("edge_audio", data))  # neural suppressors
         self.agent_edge = AgentEdge(self.out_spec)
         ctx = config.context
         self.conversation = Conversation(config.system_prompt or system_prompt,
@@ -112,17 +114,19 @@ class PipelineSession:
             self.answer = HybridAnswer(self, tools, max_tokens, speculative_turns)
             self.turn_taking = HybridTurnTaking(self, config.turn_taking, hybrid)
         self.control = LiveControl(self)  # update / say / add_message (orchestrator/control.py)
+        self.language = TurnLanguage(self)  # each turn's language and voice (orchestrator/language.py)
         self.idle = IdleTimer(self, config.idle)
         self._handlers = _one_handler_each(
             {"client": self._on_client, "client_end": self._on_client_end, "close_deadline": self._on_close_deadline},
             self.links.handlers(), self.speech.handlers(), self.answer.handlers(), self.turn_taking.handlers(),
-            self.control.handlers(), self.idle.handlers())
+            self.control.handlers(), self.idle.handlers(), self.language.handlers())
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Open the three stage streams at once; any that cannot be had fails the session with its stage."""
         await self.links.open()
+        await self.language.open()
 
     async def close(self) -> None:
         """Idempotent; also safe while `open` is still running (it then closes what it opens)."""
@@ -131,6 +135,8 @@ class PipelineSession:
             task.cancel()
         self.links.close()
         self.control.close()
+        self.language.close()
+        self.caller_edge.close()  # queued suppression work is dropped, the engine freed
         await self.speech.close()
 
     async def run(self) -> None:
@@ -277,6 +283,8 @@ class PipelineSession:
 
     def _on_client_end(self, _: Any) -> None:
         """The caller half-closed: finish the utterance and the answer in flight, then end."""
+        if self.caller_edge.finish(lambda: self.post("client_end")):
+            return  # the suppression worker's tail reaches STT first; this event comes back after it
         self._closing = True
         self.turn_taking.end_of_input()
         self.later(60.0, "close_deadline")

@@ -72,8 +72,17 @@ class SpeechOut:
                 turn.first_phrase = "open"
                 self.s.later(self.first_audio_after_s, "first_phrase_due", turn.turn_id)
         turn.text += text
-        self.s.emit(agent_pb2.ConverseResponse(agent_text=agent_pb2.AgentText(turn_id=turn.turn_id, text=text)))
+        if turn.speculative:  # shown once the final confirms it (`show_held_text`): a voided one leaves no trace
+            turn.unshown_text += text
+        else:
+            self.s.emit(agent_pb2.ConverseResponse(agent_text=agent_pb2.AgentText(turn_id=turn.turn_id, text=text)))
         self._send_text(turn)
+
+    def show_held_text(self, turn: Turn) -> None:
+        """A speculative turn was confirmed: the caller sees the text written so far, at once."""
+        if turn.unshown_text:
+            text, turn.unshown_text = turn.unshown_text, ""
+            self.s.emit(agent_pb2.ConverseResponse(agent_text=agent_pb2.AgentText(turn_id=turn.turn_id, text=text)))
 
     def flush(self, turn: Turn) -> None:
         """The answer round's text is complete: TTS speaks its tail now."""

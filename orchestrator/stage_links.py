@@ -65,7 +65,8 @@ class StageLinks:
         """Open the three stage streams at once; any that cannot be had fails the session with its stage."""
         s = self.s
         c = s.config
-        stt_cfg = stt_pb2.RecognitionConfig(format=s.caller_edge.backend_spec.to_proto(), language=c.language,
+        stt_cfg = stt_pb2.RecognitionConfig(format=s.caller_edge.backend_spec.to_proto(),
+                                            language=s.language.stt_language,
                                             session_id=s.session_id, interim_results=True,
                                             endpointing=c.endpointing)
         tts_cfg = tts_pb2.SynthesisConfig(voice=c.voice, output_format=s.agent_edge.backend_spec.to_proto(),

@@ -4,7 +4,10 @@ Caller audio goes to STT here (and its arrival times are kept, so STT's offsets 
 time for the latency record). STT's speech events and transcripts decide the turn: speech started
 while the agent talks pauses its audio and becomes an interruption only on evidence (enough words,
 or long enough and not a backchannel); a preview starts a speculative answer; a final starts (or
-confirms) the answer. Typed text is a user turn too. The end of a turn itself is STT's decision
+confirms) the answer: a speculative answer is confirmed when the final has the preview's words (case,
+punctuation and spacing aside: STT's fast preview is a cheaper decode than the final), else dropped
+unseen and the final answered afresh (`TurnLatency.speculation` says which). Typed text is a user turn
+too. The end of a turn itself is STT's decision
 (fixed silence, or its semantic turn model, per `SessionConfig.endpointing`); the final says how it was
 made, and the turn record carries that on (`TurnLatency.endpoint_mode`, `end_of_turn_probability`).
 """
@@ -37,6 +40,12 @@ BACKCHANNELS = frozenset({"uh-huh", "uh huh", "mhm", "mm-hmm", "mm hmm", "hmm", 
 
 def words(text: str) -> list[str]:
     return [w for w in text.replace(",", " ").replace(".", " ").split() if w]
+
+
+def same_words(a: str, b: str) -> bool:
+    """Two transcripts with the same words, case, punctuation and spacing aside: an answer prepared from
+    one answers the other."""
+    return _norm_words(a) == _norm_words(b)
 
 
 def is_backchannel(text: str) -> bool:
@@ -107,7 +116,7 @@ class TurnTaking:
         self.echo_seen = False  # this call has echoed: the agent's words came back as caller speech
 
     def handlers(self) -> dict[str, Callable[[Any], None]]:
-        return {"stt": self._on_stt, "barge_check": self._on_barge_check}
+        return {"stt": self._on_stt, "barge_check": self._on_barge_check, "edge_audio": self._on_edge_audio}
 
     def configure(self, tt: agent_pb2.TurnTakingConfig) -> None:
         """The session's turn-taking knobs (at start, and on a live `update`: the next decision uses them)."""
@@ -135,6 +144,11 @@ class TurnTaking:
         self._arrivals.append((self.audio_ms - self.stt_offset_base_ms, time.monotonic()))
         if to_stt:
             self.send_to_stt(to_stt)
+
+    def _on_edge_audio(self, data: bytes) -> None:
+        """Caller audio back from the suppression worker (neural suppressors), in order."""
+        if data:
+            self.send_to_stt(data)
 
     def send_to_stt(self, data: bytes) -> None:
         """Backend audio to STT (hybrid mode also keeps it, to hand the utterance to the LLM)."""
@@ -268,6 +282,10 @@ class TurnTaking:
             record.echo_cancelled_s = seconds
             if attenuation is not None:
                 record.echo_attenuation_db = attenuation
+            delay_ms, gated_s = echo.take_alignment()
+            record.echo_gated_s = gated_s
+            if delay_ms is not None:
+                record.echo_delay_ms = delay_ms
         record.interruptions_rejected_as_echo = self.echo_rejected
         self.echo_rejected = 0
 
@@ -293,6 +311,7 @@ class TurnTaking:
                 or tr.utterance_id in self._backchannel_utterances or not tr.text.strip()
                 or len(tr.text) > self.s.limits.max_transcript_chars):
             return
+        self.s.language.heard(tr)
         self.s.answer.start_turn(tr.text.strip(), speech_end_at=0.0, endpoint_at=0.0, final_at=0.0,
                                  speculative_utterance=tr.utterance_id)
 
@@ -346,12 +365,14 @@ class TurnTaking:
         speech_end_at = self.speech_end_at if self.speech_end_at else endpoint_at
         self.endpoint_at = self.speech_end_at = 0.0
         turn = s.turn
+        missed_lead: float | None = None  # the final said other words than the preview an answer was prepared on
         if turn is not None and turn.speculative and turn.utterance_id == tr.utterance_id:
-            if text == turn.user_text:
+            if same_words(text, turn.user_text):
                 turn.endpoint = tr
-                s.answer.confirm_speculation(turn, speech_end_at, endpoint_at, now)
+                s.answer.confirm_speculation(turn, speech_end_at, endpoint_at, now, final_text=text)
                 return
-            s.answer.void_speculation(turn)
+            missed_lead = max(0.0, now - turn.prepared_at)
+            s.answer.void_speculation(turn, outcome="missed")
         if text and s.refused("transcript", text, s.limits.max_transcript_chars):
             text = ""
         if not text:
@@ -359,6 +380,10 @@ class TurnTaking:
                 s.sm.to(State.LISTENING, "no words")
             s.maybe_finish()
             return
+        s.language.heard(tr)
         s.answer.start_turn(text, speech_end_at=speech_end_at, endpoint_at=endpoint_at, final_at=now)
         if s.turn is not None:
             s.turn.endpoint = tr
+            if missed_lead is not None:
+                s.turn.speculation = agent_pb2.SPECULATION_OUTCOME_MISS
+                s.turn.speculation_lead_s = missed_lead

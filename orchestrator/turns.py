@@ -57,7 +57,12 @@ class Turn:
     utterance_id: int = 0  # the caller utterance it answers
     history_snapshot: tuple[int, str | None] = (0, None)  # to undo a voided speculative turn
     held_done: llm_pb2.GenerationDone | None = None  # tool calls wait for the endpoint
+    prepared_at: float = 0.0  # speculative: when it started from STT's preview
+    unshown_text: str = ""  # speculative: answer text not sent to the caller until the final confirms it
+    speculation: int = 0  # agent_pb2.SpeculationOutcome: how a preview of its utterance fared (0: none)
+    speculation_lead_s: float = 0.0  # HIT/MISS: the preview came this long before the final
     endpoint: stt_pb2.Transcript | None = None  # STT's final it answers: how its end of turn was decided
+    language: agent_pb2.LanguageChoice | None = None  # detected and answer language (language.py)
     mode: int = agent_pb2.AGENT_MODE_PIPELINE  # hybrid: answered from the caller's audio
     llm_audio_ms: float = 0.0  # hybrid: the caller's audio sent to the LLM
     transcript_at: float = 0.0  # hybrid: when STT's final arrived (off the critical path)
@@ -97,11 +102,16 @@ def latency(turn: Turn, first_ready_at: float) -> agent_pb2.TurnLatency:
         llm_time_to_first_token_ms=ttft, tts_time_to_first_audio_ms=ttfa, tool_ms=tool,
         orchestration_overhead_ms=overhead, speculative=speculative)
     record.mode = turn.mode
+    if turn.speculation:
+        record.speculation = turn.speculation
+        record.speculation_lead_ms = turn.speculation_lead_s * ms
     record.critical_path.extend(critical_path(turn, endpoint_wait, stt, tool, speculative, first_ready_at))
     if turn.llm_audio_ms:
         record.llm_audio_s = turn.llm_audio_ms / ms
     if turn.transcript_at:
         record.transcript_ms = max(0.0, turn.transcript_at - turn.endpoint_at) * ms
+    if turn.language is not None:
+        record.language_choice.CopyFrom(turn.language)
     if turn.endpoint is not None:
         record.endpoint_mode = turn.endpoint.endpoint_mode
         record.end_of_turn_reason = turn.endpoint.end_of_turn_reason

@@ -7,15 +7,22 @@ suppression. `AgentEdge` does the reverse for the agent's voice: the TTS is aske
 client wants Opus, and each TTS chunk becomes 20 ms Opus packets, one per message.
 
 Every mode's session holds one of each, so suppression and Opus work the same in pipeline and duplex.
+Neural suppressors (RNNoise, DeepFilterNet) run on the shared suppression worker (voxgrid/noise/worker.py)
+when the session gives the edge a `deliver` callback: `feed` then returns nothing for that message and the
+suppressed audio arrives, in order, through `deliver` on the session's loop; `ready()` is the back-pressure
+the session's reader awaits, `finish()` flushes the tail at the end of the caller's audio.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 from voxgrid.audio import OPUS, AudioIn, AudioSpec, decode, encode, pcm16_spec
 from voxgrid.echo import EchoCanceller
 from voxgrid.noise import NoiseStage
+from voxgrid.noise.worker import SuppressedStream, shared_worker
 from voxgrid.v1 import agent_pb2
 
 DEFAULT_ECHO_TAIL_MS = 300  # covers client playout + 40-120 ms acoustic delay + uplink, at ~0.1 ms per 10 ms
@@ -24,6 +31,7 @@ _ENGINE_BY_ENUM = {
     agent_pb2.EdgeAudioConfig.NOISE_SUPPRESSOR_SPEEX: "speex",
     agent_pb2.EdgeAudioConfig.NOISE_SUPPRESSOR_WEBRTC: "webrtc",
     agent_pb2.EdgeAudioConfig.NOISE_SUPPRESSOR_RNNOISE: "rnnoise",
+    agent_pb2.EdgeAudioConfig.NOISE_SUPPRESSOR_DEEPFILTERNET: "dfn",
 }
 
 
@@ -33,7 +41,7 @@ def suppressor_for(edge: agent_pb2.EdgeAudioConfig) -> str | None:
         return None
     if edge.noise_suppressor not in _ENGINE_BY_ENUM:
         raise ValueError(f"edge_audio.noise_suppressor {edge.noise_suppressor} is unknown: use SPEEX, WEBRTC, "
-                         "RNNOISE or DEFAULT")
+                         "RNNOISE, DEEPFILTERNET or DEFAULT")
     return _ENGINE_BY_ENUM[edge.noise_suppressor]
 
 
@@ -69,7 +77,10 @@ def check_edge_config(edge: agent_pb2.EdgeAudioConfig) -> None:
 class CallerEdge:
     """One session's caller side: wire message in, backend bytes out (in `backend_spec`)."""
 
-    def __init__(self, in_spec: AudioSpec, suppressor: str | None = None, echo: EchoCanceller | None = None) -> None:
+    def __init__(self, in_spec: AudioSpec, suppressor: str | None = None, echo: EchoCanceller | None = None,
+                 deliver: Callable[[bytes], None] | None = None) -> None:
+        """`deliver` (on a running loop): neural suppressors go to the shared worker and their output
+        arrives through it; without it every engine runs inline in `feed` (offline tools, benchmarks)."""
         self.in_spec = in_spec
         self.received_ms = 0.0
         self.echo = echo  # echo cancellation runs first: the suppressor then sees no echo to mistake for noise
@@ -77,6 +88,11 @@ class CallerEdge:
         self.backend_spec = in_spec if self.passthrough else pcm16_spec(in_spec.sample_rate_hz)
         self.noise = None if suppressor is None else NoiseStage(in_spec.sample_rate_hz, suppressor)
         self._opus = AudioIn(in_spec, in_spec.sample_rate_hz) if in_spec.encoding == OPUS else None
+        self.offloaded: SuppressedStream | None = None
+        self._finishing = False
+        if self.noise is not None and self.noise.engine.offload and deliver is not None:
+            spec = self.backend_spec
+            self.offloaded = shared_worker().stream(self.noise, lambda y: deliver(encode(y, spec)))
 
     def message_ms(self, data: bytes) -> float:
         """Length of one caller message (validates it: whole samples, or one Opus packet)."""
@@ -90,12 +106,43 @@ class CallerEdge:
         x = self._opus.feed(data) if self._opus is not None else decode(data, self.in_spec)
         if self.echo is not None:
             x = self.echo.process(x)
+        if self.offloaded is not None:
+            self.offloaded.submit(x)
+            return b""
         if self.noise is not None:
             x = self.noise.process(x)
         return encode(x, self.backend_spec)
 
+    async def ready(self) -> None:
+        """Back-pressure: wait while the suppression worker holds too much of this caller's audio."""
+        if self.offloaded is not None:
+            await self.offloaded.ready()
+
+    def finish(self, then: Callable[[], None]) -> bool:
+        """End of the caller's audio with an offloaded suppressor: its tail is delivered, then `then` runs
+        (on the loop). False when nothing is offloaded (or it was already finished): go on at once."""
+        if self.offloaded is None or self.offloaded.closed or self._finishing:
+            return False
+        self._finishing = True
+        x = self._opus.flush() if self._opus is not None else np.zeros(0, np.float32)
+        if self.echo is not None:
+            x = np.concatenate([self.echo.process(x), self.echo.flush()])
+        self.offloaded.submit(x)
+        self.offloaded.flush().add_done_callback(lambda _: then())
+        return True
+
+    def close(self) -> None:
+        """The session is over: drop the suppressor's queued audio and free its engine (idempotent)."""
+        if self.offloaded is not None:
+            self.offloaded.close()
+        elif self.noise is not None:
+            self.noise.close()
+
     def flush(self) -> bytes:
         """End of the caller's audio: what the decoder and the suppressor still hold."""
+        if self.offloaded is not None:
+            self.finish(lambda: None)  # the tail arrives through `deliver`
+            return b""
         if self.passthrough:
             return b""
         x = self._opus.flush() if self._opus is not None else np.zeros(0, np.float32)
@@ -151,4 +198,7 @@ def echo_canceller(edge: agent_pb2.EdgeAudioConfig, in_spec: AudioSpec, out_spec
     """The session's echo stage when edge_audio asks for one: caller audio at its own rate, the agent's audio
     (in the client's output format, as played) as the reference."""
     tail = echo_tail_ms(edge)
-    return None if tail is None else EchoCanceller(in_spec.sample_rate_hz, out_spec, tail)
+    if tail is None:
+        return None
+    tracking = edge.echo_delay_tracking if edge.HasField("echo_delay_tracking") else True
+    return EchoCanceller(in_spec.sample_rate_hz, out_spec, tail, align=tracking)

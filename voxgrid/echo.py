@@ -30,6 +30,7 @@ import numpy as np
 
 from voxgrid import metrics
 from voxgrid.audio import AudioIn, AudioSpec, FrameBuffer, to_pcm16
+from voxgrid.echo_align import DelayAligner
 
 _SET_SAMPLING_RATE = 24  # SPEEX_ECHO_SET_SAMPLING_RATE
 _PREPROCESS_SET_ECHO_STATE = 24  # SPEEX_PREPROCESS_SET_ECHO_STATE
@@ -134,8 +135,11 @@ class EchoCanceller:
     """One session's echo stage: caller audio (float32 at `rate`) in, the same with the agent's echo removed
     out (at most one 10 ms frame later); `far` adds what the agent sends, in the client's output format."""
 
-    def __init__(self, rate: int, far_spec: AudioSpec, tail_ms: int = 300) -> None:
+    def __init__(self, rate: int, far_spec: AudioSpec, tail_ms: int = 300, align: bool = True,
+                 threaded: bool = True) -> None:
         self.engine = SpeexEcho(rate, tail_ms)
+        # Per-turn delay measurement and reference alignment, with its start-of-turn gate (voxgrid/echo_align.py).
+        self.aligner = DelayAligner(rate, tail_ms, threaded=threaded) if align else None
         self.rate = rate
         self._far_in = AudioIn(far_spec, rate)  # decodes what the client will play (Opus too), at our rate
         self._frames = FrameBuffer(self.engine.frame_len)
@@ -181,6 +185,8 @@ class EchoCanceller:
         if pos > self._turn_end:  # the player starts (again) here; kept as its arrival, for the marks
             self._segments.append((pos - lag, self._turn_ms))
             del self._segments[:-64]
+            if self.aligner is not None:  # the echo may sit elsewhere behind this audio: measure it again
+                self.aligner.restart(pos, new_turn=len(self._segments) == 1)
         self._turn_end = pos + len(x)
         self._turn_ms += 1000 * len(x) / self.rate
         start = pos - self._ref_base
@@ -239,10 +245,18 @@ class EchoCanceller:
             if len(ref) < n:
                 ref = np.concatenate([ref, np.zeros(n - len(ref), dtype=np.float32)])
             self._ref = self._ref[n:]
+            clock = self._ref_base
             self._ref_base += n
             near16 = to_pcm16(f)
             t0 = time.perf_counter()
-            y = self.engine.process(near16, to_pcm16(ref))
+            if self.aligner is None:
+                y = self.engine.process(near16, to_pcm16(ref))
+            else:
+                # the placed reference just after this frame: an echo that comes earlier than its placement
+                ahead = self._ref[:self.aligner.lookahead]
+                filter_ref = self.aligner.frame(clock, f, ref, ahead)
+                y = self.engine.process(near16, to_pcm16(filter_ref))
+                y = to_pcm16(self.aligner.gate(clock, f, y.astype(np.float32) / 32768.0))
             dt = time.perf_counter() - t0
             self._cost.observe(dt)
             self.compute_s += dt
@@ -273,6 +287,16 @@ class EchoCanceller:
                 continue
             best = max(best, float(np.corrcoef(near, ref)[0, 1]))
         return best
+
+    def take_alignment(self) -> tuple[float | None, float]:
+        """Delay tracking since the previous call: the latest echo delay measured (ms, None if none was) and
+        the seconds of caller audio its start-of-turn gate muted."""
+        a = self.aligner
+        if a is None:
+            return None, 0.0
+        delay, gated = a.measured_ms, a.gated_samples / self.rate
+        a.measured_ms, a.gated_samples = None, 0
+        return delay, gated
 
     def take_stats(self) -> tuple[float, float | None]:
         """Seconds of caller audio processed while the agent was audible, and the energy removed from it (dB),

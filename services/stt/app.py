@@ -29,6 +29,7 @@ def build_engine(settings: SttSettings) -> SttEngine:
         cpu_threads=settings.cpu_threads, beam_size=settings.beam_size,
         partial_beam_size=settings.partial_beam_size, window_quantum_s=settings.window_quantum_s,
         final_window_quantum_s=settings.final_window_quantum_s, name=settings.model_name,
+        preview_window_quantum_s=settings.preview_window_quantum_s,
     )
     return engine
 
@@ -38,6 +39,7 @@ def endpointing_defaults(settings: SttSettings) -> EndpointingOptions:
         min_silence_ms=settings.min_silence_ms, min_speech_ms=settings.min_speech_ms,
         vad_threshold=settings.vad_threshold, max_utterance_ms=settings.max_utterance_ms,
         partial_interval_ms=settings.partial_interval_ms, speculative_final_ms=settings.speculative_final_ms,
+        fast_preview=settings.fast_preview, preview_ms=settings.preview_ms,
         mode=settings.turn_mode, turn_min_wait_ms=settings.turn_min_wait_ms,
         turn_max_wait_ms=settings.turn_max_wait_ms, turn_threshold=settings.turn_threshold,
     )

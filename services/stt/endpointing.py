@@ -28,6 +28,10 @@ class EndpointingOptions:
     partial_interval_ms: int = 400
     # Silence after which the final decode starts speculatively (reused if speech does not resume).
     speculative_final_ms: int = 100
+    # A cheap preview (greedy, short window) decoded this far into a silence, for an agent to start its
+    # answer on before the endpoint; the accurate final still comes from the speculative final decode.
+    fast_preview: bool = False
+    preview_ms: int = 32
     mode: str = "fixed-silence"  # or "semantic"
     turn_min_wait_ms: int = 200  # semantic: silence that ends a turn the model judges complete
     turn_max_wait_ms: int = 1000  # semantic: silence that ends any turn
@@ -55,7 +59,8 @@ class Kind(enum.Enum):
     STARTED = "started"  # min_speech_ms of speech seen; `sample` = where the speech began
     SILENCE = "silence"  # speculative_final_ms of silence (semantic: at most turn_min_wait_ms): ask the
     # turn model now; `sample` = end of the last speech window
-    RESUMED = "resumed"  # speech came back after SILENCE, before the turn ended
+    PREVIEW = "preview"  # fast_preview: preview_ms of silence; `sample` = end of the last speech window
+    RESUMED = "resumed"  # speech came back after SILENCE or PREVIEW, before the turn ended
     ENDED = "ended"  # min_silence_ms of silence; `sample` = end of the last speech window
 
 
@@ -78,6 +83,7 @@ class Endpointer:
         self._last_speech_end = 0  # window index after the last speech window
         self._silence_from: int | None = None
         self._speculated = False
+        self._previewed = False
         self._probability: float | None = None  # semantic: the verdict for the current pause
         self.pause = 0  # counts SILENCE events: names the pause a verdict belongs to
 
@@ -115,10 +121,11 @@ class Endpointer:
                     self._speech_windows = 0
                 self._speech_windows += 1
                 self._last_speech_end = w + 1
-                if self._silence_from is not None and self._speculated and self.in_speech:
+                if self._silence_from is not None and (self._speculated or self._previewed) and self.in_speech:
                     events.append(EndpointEvent(Kind.RESUMED, (w) * WINDOW))
                 self._silence_from = None
                 self._speculated = False
+                self._previewed = False
                 self._probability = None
                 if not self.in_speech and self._ms(self._speech_windows) >= o.min_speech_ms:
                     self.in_speech = True
@@ -129,6 +136,9 @@ class Endpointer:
                 silent_ms = self._ms(w + 1 - self._silence_from)
                 end = self._last_speech_end * WINDOW
                 shortest = o.turn_min_wait_ms if o.semantic else o.min_silence_ms
+                if self.in_speech and o.fast_preview and not self._previewed and silent_ms >= o.preview_ms:
+                    self._previewed = True
+                    events.append(EndpointEvent(Kind.PREVIEW, end))
                 if self.in_speech and not self._speculated and silent_ms >= min(o.speculative_final_ms, shortest):
                     self._speculated = True
                     self.pause += 1
@@ -156,6 +166,7 @@ class Endpointer:
         self._speech_windows = 0
         self._silence_from = None
         self._speculated = False
+        self._previewed = False
         self._probability = None
 
     def restart_at(self, sample: int) -> None:

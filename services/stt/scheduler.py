@@ -1,7 +1,8 @@
 """One decode scheduler per engine: every live session's decode jobs go through it.
 
-A worker thread owns the engine. It takes what is due, finals first (a user is waiting on them), and
-runs it as one batch (`max_batch_size` rows); partials only run when no final waits. The event loop only
+A worker thread owns the engine. It takes what is due, previews first (cheap, and an agent's speculative
+answer starts from them), then finals (a user is waiting on them), and runs it as one batch
+(`max_batch_size` rows); partials only run when no preview or final waits. The event loop only
 submits jobs and awaits their futures, so model work never blocks it. Removing a session's queued jobs
 is O(queue) and immediate; a job already running finishes and its result is ignored.
 """
@@ -124,8 +125,8 @@ class DecodeScheduler:
             self._on_queue_depth(depth)
 
     def _next_batch(self) -> list[DecodeJob]:
-        finals = [j for j in self._queue if j.final]
-        pool = finals or self._queue
+        previews = [j for j in self._queue if j.request.preview]
+        pool = previews or [j for j in self._queue if j.final] or self._queue
         batch = sorted(pool, key=lambda j: j.seq)[: self.max_batch_size]
         taken = {id(j) for j in batch}
         self._queue = [j for j in self._queue if id(j) not in taken]

@@ -36,6 +36,7 @@ Control = stt_pb2.SttControl
 _RANGES = {  # field: (low, high, inclusive-low)
     "min_silence_ms": (50, 5000), "min_speech_ms": (0, 5000), "max_utterance_ms": (1000, 30000),
     "partial_interval_ms": (100, 5000), "turn_min_wait_ms": (50, 2000), "turn_max_wait_ms": (100, 10000),
+    "preview_ms": (0, 5000),
 }
 _PROBABILITIES = ("vad_threshold", "turn_threshold")
 _MODES = {stt_pb2.ENDPOINT_MODE_FIXED_SILENCE: FIXED_SILENCE, stt_pb2.ENDPOINT_MODE_SEMANTIC: SEMANTIC}
@@ -82,6 +83,8 @@ def endpointing_options(cfg: stt_pb2.EndpointingConfig, defaults: EndpointingOpt
                 raise invalid(f"endpointing.{name} {value} is out of range: use {lo}..{hi} ms",
                               f"config.endpointing.{name}", Reason.INVALID_CONFIG)
         values[name] = value
+    if cfg.HasField("fast_preview"):
+        values["fast_preview"] = cfg.fast_preview
     base = {f: getattr(defaults, f) for f in EndpointingOptions.__dataclass_fields__}
     options = EndpointingOptions(**(base | values))
     if options.semantic and options.turn_min_wait_ms > options.turn_max_wait_ms:
@@ -231,6 +234,8 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             latency_ms=ev.final_anchor if ev.is_final and ev.final_anchor is not None else ev.decode_ms,
         )
         _set_turn(t, ev.turn)
+        if ev.language_probability is not None:
+            t.language_probability = ev.language_probability
         for w in ev.words:
             t.words.add(word=w.word, start_ms=round(w.start_s * 1000), end_ms=round(w.end_s * 1000),
                         confidence=w.probability)

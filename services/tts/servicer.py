@@ -22,7 +22,8 @@ log = logging.getLogger("voxgrid.tts")
 _Action = tts_pb2.TtsControl.Action
 
 
-def stream_options(config: tts_pb2.SynthesisConfig, settings: TtsSettings) -> StreamOptions:
+def stream_options(config: tts_pb2.SynthesisConfig, settings: TtsSettings, voice_languages: tuple[str, ...] = ()
+                   ) -> StreamOptions:
     first = config.first_chunk_max_chars or settings.first_chunk_max_chars
     if first > settings.max_chunk_chars:
         raise invalid(
@@ -30,7 +31,8 @@ def stream_options(config: tts_pb2.SynthesisConfig, settings: TtsSettings) -> St
             f"({settings.max_chunk_chars}): send 0 for the default ({settings.first_chunk_max_chars}) "
             "or a smaller value", "config.first_chunk_max_chars", Reason.INVALID_CONFIG,
         )
-    language = config.language or "en"
+    # Empty = the voice's own language: text arriving a few words at a time is too short to detect reliably.
+    language = config.language or (voice_languages[0].split("-")[0] if voice_languages else "en")
     return StreamOptions(
         first_chunk_max_chars=first, clause_min_chars=settings.clause_min_chars,
         max_chunk_chars=settings.max_chunk_chars, chunk_ms=settings.chunk_ms,
@@ -104,7 +106,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                     if config.HasField("output_format") else pcm16_spec(voice.sample_rate_hz))
         except AudioFormatError as exc:
             raise invalid(str(exc), "config.output_format", Reason.INVALID_CONFIG) from None
-        return SpeechStream(self._scheduler, voice, speed, spec, stream_options(config, self._settings))
+        options = stream_options(config, self._settings, voice.languages)
+        return SpeechStream(self._scheduler, voice, speed, spec, options)
 
     @staticmethod
     def _apply(stream: SpeechStream, request: tts_pb2.SynthesizeRequest) -> None:

@@ -177,11 +177,14 @@ class EchoResult:
     attenuation_db: list[float] = field(default_factory=list)
     finals: list[str] = field(default_factory=list)
     unsettled: int = 0  # prompts after which the agent never fell silent (it kept answering itself)
+    delays_ms: list[float] = field(default_factory=list)  # echo delays the canceller measured (turn records)
+    gated_s: float = 0.0  # caller audio its start-of-turn gate muted
 
 
-def guard_config(aec: bool, check: bool) -> agent_pb2.SessionConfig:
+def guard_config(aec: bool, check: bool, tracking: bool = True) -> agent_pb2.SessionConfig:
     config = session_config(rate=RATE)
     config.edge_audio.echo_cancellation = aec
+    config.edge_audio.echo_delay_tracking = tracking
     config.turn_taking.echo_check = check
     return config
 
@@ -214,14 +217,21 @@ def summarize(call: AgentCall) -> EchoResult:
         res.echo_cancelled_s += lat.echo_cancelled_s
         if lat.HasField("echo_attenuation_db"):
             res.attenuation_db.append(lat.echo_attenuation_db)
+        if lat.HasField("echo_delay_ms"):
+            res.delays_ms.append(lat.echo_delay_ms)
+        res.gated_s += lat.echo_gated_s
     res.echo_user_turns = sum(1 for f in res.finals if f.strip())
     return res
 
 
+DELAYS_MS = (40.0, 120.0, 60.0, 100.0, 80.0)  # a different echo delay every turn (40-120 ms)
+
+
 async def silent_echo_call(stub: agent_pb2_grpc.AgentStub, *, aec: bool, check: bool, turns: int,
-                           delays_ms: tuple[float, ...] = (40.0, 80.0, 120.0), settle_s: float = 45.0) -> EchoResult:
+                           delays_ms: tuple[float, ...] = DELAYS_MS, settle_s: float = 45.0,
+                           tracking: bool = True) -> EchoResult:
     """`turns` typed prompts; the caller says nothing, its microphone only hears the agent."""
-    async with AgentCall(stub, guard_config(aec, check)) as call:
+    async with AgentCall(stub, guard_config(aec, check, tracking)) as call:
         caller = EchoCaller(call)
         caller.start()
         unsettled = ours = 0
@@ -245,7 +255,52 @@ async def silent_echo_call(stub: agent_pb2_grpc.AgentStub, *, aec: bool, check: 
             await call.wait_for(lambda rec: len(rec.of("latency")) > n, 60)
             last = summarize(call)
             result.rejected_as_echo, result.echo_cancelled_s = last.rejected_as_echo, last.echo_cancelled_s
-            result.attenuation_db = last.attenuation_db
+            result.attenuation_db, result.delays_ms, result.gated_s = last.attenuation_db, last.delays_ms, last.gated_s
             return result
+        finally:
+            await caller.stop()
+
+
+@dataclass
+class InterruptResult:
+    tries: int = 0
+    detected: int = 0  # agent turns cut off within `within_s` of the second voice starting
+    detect_s: list[float] = field(default_factory=list)  # second voice starts -> INTERRUPTED arrives
+
+
+async def interrupting_call(stub: agent_pb2_grpc.AgentStub, voice: np.ndarray, *, aec: bool, check: bool,
+                            tracking: bool = True, turns: int, at_s: tuple[float, ...] = (0.3, 3.0, 1.0),
+                            delays_ms: tuple[float, ...] = DELAYS_MS, within_s: float = 8.0) -> InterruptResult:
+    """`turns` prompts; `at_s` seconds after each answer starts a second voice (`voice`, 16 kHz) talks over
+    the echo. The answer to the interruption is stopped by the test (its INTERRUPTED is not counted)."""
+    res = InterruptResult()
+    async with AgentCall(stub, guard_config(aec, check, tracking)) as call:
+        caller = EchoCaller(call)
+        caller.start()
+        try:
+            for i in range(turns):
+                caller.delay_ms = delays_ms[i % len(delays_ms)]
+                started = len(call.record.events(TE.KIND_AGENT_STARTED_SPEAKING))
+                call.send(agent_pb2.ConverseRequest(text=PROMPTS[i % len(PROMPTS)]))
+                await call.wait_for(lambda rec, n=started: len(rec.events(TE.KIND_AGENT_STARTED_SPEAKING)) > n, 60)
+                turn = call.record.events(TE.KIND_AGENT_STARTED_SPEAKING)[-1].turn_id
+                await asyncio.sleep(at_s[i % len(at_s)])
+                caller.say(voice)
+                t0 = time.monotonic()
+                res.tries += 1
+
+                def cut(rec, turn=turn) -> bool:  # type: ignore[no-untyped-def]
+                    return any(e.turn_id == turn for e in rec.events(TE.KIND_INTERRUPTED))
+                try:
+                    await call.wait_for(cut, within_s)
+                    res.detected += 1
+                    res.detect_s.append(time.monotonic() - t0)
+                except TimeoutError:
+                    pass
+                if not await settle(call, timeout_s=20):
+                    call.interrupt()  # the answer to the interruption: not measured here
+                    await settle(call, timeout_s=10)
+            assert call.error is None, call.error
+            return res
         finally:
             await caller.stop()

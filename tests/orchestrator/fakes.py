@@ -38,9 +38,11 @@ SE = stt_pb2.SpeechEvent
 
 class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
     def __init__(self, script: list[str], min_silence_ms: int = 300, partial_every_ms: int = 200,
-                 when_script_ends: str = "", preview_after_ms: int = 0) -> None:
+                 when_script_ends: str = "", preview_after_ms: int = 0,
+                 preview_of: Callable[[str], str] | None = None) -> None:
         self.script = deque(script)
         self.preview_after_ms = preview_after_ms  # like the real STT's speculative final
+        self.preview_of = preview_of  # the preview's text from the final's (a fast preview may differ)
         self.when_script_ends = when_script_ends
         self.min_silence_ms = min_silence_ms
         self.partial_every_ms = partial_every_ms
@@ -101,6 +103,7 @@ class FakeStt(stt_pb2_grpc.SpeechToTextServicer):
                   and state["pos"] - state["last_voice"] >= self.preview_after_ms):
                 state["previewed"] = True
                 text = " ".join(state["words"])
+                text = self.preview_of(text) if self.preview_of else text
                 out.put(stt_pb2.RecognizeResponse(transcript=stt_pb2.Transcript(
                     utterance_id=state["uid"], text=text, committed_text=text, stability=1.0, speculative=True,
                     start_ms=int(state["start"]), end_ms=int(state["last_voice"]))))

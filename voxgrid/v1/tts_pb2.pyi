@@ -115,7 +115,11 @@ class SynthesisConfig(_message.Message):
     """Speaking rate multiplier. 0 = 1.0. Range [0.5, 2.0]."""
     session_id: _builtins.str
     language: _builtins.str
-    """Language of the text (ISO 639-1) for normalisation. Empty = "en"."""
+    """Language of the text (ISO 639-1) for normalisation (numbers, abbreviations). Empty = the voice's own
+    language (its first ListVoices language; "en" when it lists none): the one rule of the Agent, STT and
+    TTS contracts, empty = detect where the model can, and text streamed a few words at a time is too
+    short to detect, so the voice decides.
+    """
     first_chunk_max_chars: _builtins.int
     """The first chunk goes to the engine at the first clause boundary, or at the first word
     boundary past this many characters. 0 = server default (60).

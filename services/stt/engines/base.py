@@ -26,8 +26,11 @@ class DecodeRequest:
     prefix: str = ""
     prompt: str = ""
     hotwords: str = ""
-    language: str = ""
+    language: str = ""  # ISO 639-1; empty = detect (multilingual models) or English (English-only models)
     final: bool = False  # finals get the final beam size, word timings and confidences
+    # A cheap preview of the final (the speculative answer starts from it): greedy, a short window, no word
+    # timings. It only has to agree with the accurate final often; a disagreement costs a voided speculation.
+    preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Hypothesis:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     decode_s: float = 0.0  # wall time of the batch that produced it
+    language_probability: float | None = None  # set when the model detected `language` (the request had none)
 
     @property
     def confidence(self) -> float:
