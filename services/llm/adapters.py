@@ -170,9 +170,9 @@ BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 def load_peft(model: Any, specs: list[AdapterSpec]) -> Any:
     """`model` wrapped by peft with every adapter loaded side by side (transformers engine).
 
-    A forward then takes `adapter_names` (one per batch row, BASE for the base model): peft applies each
-    row's own LoRA weights, so requests on different adapters share one batched step and each gets what
-    its adapter gives alone.
+    The engine picks each forward's rows' adapters through `engines/adapter_routing.py` (base only, one
+    adapter, or per-row `adapter_names` with BASE for the base model): requests on different adapters share
+    one batched step and each gets what its adapter gives alone.
     """
     try:
         from peft import PeftModel

@@ -60,7 +60,7 @@ async def test_sessions_on_different_adapters_batched_together_each_get_what_the
 ) -> None:
     from voxgrid.services.llm.engines import transformers_engine
 
-    ch, _ = lora_server
+    ch, runtime = lora_server
     question = "Where is my order?"
     alone = {name: await answer(ch, question, name) for name in ("support", "sales", "")}
     assert len(set(alone.values())) == 3  # each adapter changes what the model says
@@ -68,7 +68,7 @@ async def test_sessions_on_different_adapters_batched_together_each_get_what_the
     real = transformers_engine.batched_decode_step
 
     def watched(*args: Any, **kw: Any) -> Any:
-        mixed.append(list(kw.get("adapter_names", [])))
+        mixed.append(list(runtime.engine._routing.rows or []))
         return real(*args, **kw)
 
     monkeypatch.setattr(transformers_engine, "batched_decode_step", watched)
@@ -76,6 +76,53 @@ async def test_sessions_on_different_adapters_batched_together_each_get_what_the
     together = await asyncio.gather(*(answer(ch, question, n, session=f"s{i}") for i, n in enumerate(names)))
     assert together == [alone[n] for n in names]
     assert any(len(set(step)) >= 2 for step in mixed), mixed  # rows of different adapters in one forward
+
+
+async def test_base_rows_with_adapters_loaded_equal_the_model_served_without_adapters(lora_server) -> None:
+    """Alone, batched with each other, and batched with rows on adapters: the base model's answer is the one a
+    replica without adapters gives (the LoRA layers are off, or skip those rows, and change nothing else)."""
+    ch, _ = lora_server
+    question = "Do you ship abroad?"
+    async for _server, _ in running_server(dtype="float32", max_model_len=512, max_running=4,
+                                           prefill_chunk_tokens=0):
+        async with channel(_server.address) as plain:
+            without = await answer(plain, question, "")
+    names = ["", "support", "", "sales"]
+    together = await asyncio.gather(*(answer(ch, question, n, session=f"b{i}") for i, n in enumerate(names)))
+    both_base = await asyncio.gather(*(answer(ch, question, "", session=f"c{i}") for i in range(2)))
+    assert await answer(ch, question, "") == without
+    assert [together[0], together[2], *both_base] == [without] * 4
+
+
+async def test_the_routing_gives_each_row_what_its_adapter_gives_alone(adapters_dir: Path) -> None:
+    """Logits, not just greedy tokens: the base route equals the plain model, and the one-adapter route and
+    the mixed route equal peft's own per-row route (`adapter_names` on the peft model, no routing)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from voxgrid.services.llm.adapters import check_adapters, discover, load_peft
+    from voxgrid.services.llm.engines.adapter_routing import AdapterRouting
+
+    path = resolve_model(TINY_QWEN2)
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    specs = check_adapters(discover(adapters_dir), plain.config, TINY_QWEN2)
+    peft_own = load_peft(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), specs)
+    routing = AdapterRouting(load_peft(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), specs))
+    model, ids = routing.model.get_base_model(), torch.randint(0, 100, (2, 9))
+
+    def logits(net: Any, **kw: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(input_ids=ids, **kw).logits
+
+    routing.use(["", ""])
+    assert torch.equal(logits(model), logits(plain))
+    routing.use(["sales", "sales"])
+    alone = logits(model)
+    routing.use(["support", ""])
+    mixed = logits(model)
+    assert torch.allclose(alone, logits(peft_own, adapter_names=["sales", "sales"]), atol=1e-5)
+    assert torch.allclose(mixed, logits(peft_own, adapter_names=["support", "__base__"]), atol=1e-5)
+    assert torch.equal(mixed[1], logits(plain)[1])  # a base row next to an adapter row: the plain model's
+    assert not torch.allclose(alone, logits(plain), atol=1e-3)  # the adapter does change the logits
 
 
 async def test_a_prewarm_is_computed_through_the_sessions_adapter(lora_server) -> None:

@@ -18,8 +18,8 @@ def batched_decode_step(model: Any, caches: list[Any], tokens: list[int], new_ca
                         **extra: Any) -> torch.Tensor:
     """Feed ``tokens[i]`` after ``caches[i]`` for every i in one forward; each cache grows by one position.
 
-    ``new_cache`` is an empty transformers cache to assemble the batch in; ``extra`` goes to the forward
-    (peft's per-row ``adapter_names``). Returns logits [batch, vocab].
+    ``new_cache`` is an empty transformers cache to assemble the batch in; ``extra`` goes to the forward.
+    Returns logits [batch, vocab].
     """
     lengths = [cache.get_seq_length() for cache in caches]
     longest = max(lengths)

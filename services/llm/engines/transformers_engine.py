@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from voxgrid.services.llm.adapters import BASE, AdapterSpec, check_adapters, load_peft
+from voxgrid.services.llm.adapters import AdapterSpec, check_adapters, load_peft
 from voxgrid.services.llm.assets import resolve_model
 from voxgrid.services.llm.audio_input import speech_input_from_processor
 from voxgrid.services.llm.chat import ToolCallParser
+from voxgrid.services.llm.engines.adapter_routing import AdapterRouting
 from voxgrid.services.llm.engines.base import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -125,6 +126,7 @@ class TransformersEngine(LlmEngine):
         self.metrics = LlmMetrics()
         self.prefix_cache = SessionPrefixCache(settings.prefix_cache_sessions, settings.prefix_cache_entries)
         self._adapter_specs: list[AdapterSpec] = []  # LoRA adapters loaded through peft (services/llm/adapters.py)
+        self._routing: AdapterRouting | None = None  # which adapter each row of a forward runs through
         self.model: Any = None
         self.tokenizer: Any = None
         self.processor: Any = None  # speech-in models only: renders prompts and extracts audio features
@@ -171,7 +173,9 @@ class TransformersEngine(LlmEngine):
         if adapters:  # checked against the model before peft touches it: a mismatch names the adapter
             self._adapter_specs = check_adapters(adapters, self.model.config, s.model_name,
                                                  language_model=language_model)
-            self.model = load_peft(self.model, self._adapter_specs)
+            self._routing = AdapterRouting(load_peft(self.model, self._adapter_specs))
+            # The LoRA layers sit inside the model itself: forwards skip peft's wrapper, the routing picks rows.
+            self.model = self._routing.model.get_base_model()
         text_config = self.model.config.get_text_config()
         model_max = int(getattr(text_config, "max_position_embeddings", 0) or 32768)
         self.context_len = min(s.max_model_len, model_max) if s.max_model_len else model_max
@@ -287,9 +291,10 @@ class TransformersEngine(LlmEngine):
         """Prefix-cache key: KV computed through an adapter is that adapter's alone."""
         return f"{session_id}\x00{adapter}" if adapter else session_id
 
-    def _adapter_args(self, adapters: list[str]) -> dict[str, Any]:
-        """Forward arguments picking each batch row's adapter (none when no adapter is loaded)."""
-        return {"adapter_names": [a or BASE for a in adapters]} if self._adapter_specs else {}
+    def _route(self, adapters: list[str]) -> None:
+        """Make the next forward run row i through `adapters[i]` (nothing to do when no adapter is loaded)."""
+        if self._routing is not None:
+            self._routing.use(adapters)
 
     def _on_cancel(self, handle: GenerationHandle) -> None:
         with self._cond:
@@ -379,8 +384,8 @@ class TransformersEngine(LlmEngine):
 
     def _forward(self, ids: torch.Tensor, past: Any, adapter: str = "", **audio: torch.Tensor) -> torch.Tensor:
         """Run ``ids`` after ``past`` (extended in place) through ``adapter``; returns the last position's logits."""
-        out = self.model(input_ids=ids[None, :], cache=past, use_cache=True, logits_to_keep=1,
-                         **self._adapter_args([adapter]), **audio)
+        self._route([adapter])
+        out = self.model(input_ids=ids[None, :], cache=past, use_cache=True, logits_to_keep=1, **audio)
         return out.logits[0, -1]
 
     def _chunk_end(self, prefilled: int, total: int, contended: bool) -> int:
@@ -501,8 +506,8 @@ class TransformersEngine(LlmEngine):
                 logits = self._forward(torch.tensor([token], device=device), active.past, active.handle.request.adapter)
                 self._on_token(active, self._choose(active, logits))
             return
-        rows = batched_decode_step(self.model, [a.past for a in batch], tokens, self._new_cache(),
-                                   **self._adapter_args([a.handle.request.adapter for a in batch]))
+        self._route([a.handle.request.adapter for a in batch])
+        rows = batched_decode_step(self.model, [a.past for a in batch], tokens, self._new_cache())
         for active, logits in zip(batch, rows, strict=True):
             self._on_token(active, self._choose(active, logits))
 
