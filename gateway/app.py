@@ -1,9 +1,9 @@
 """voxgrid gateway: browser pages and phone lines reach the agent over WebSockets or WebRTC.
 
 Serves the talk page (`/`), browser calls (`/ws`; WebRTC offers on `POST /webrtc`, hung up with `DELETE
-/webrtc/<session>`), telephony media streams (`/phone`, `/phone/<profile>`),
-`/healthz`, `/readyz` and Prometheus `/metrics` on one HTTP port, and turns each socket into an
-orchestrator session routed like any client's (least-loaded replica, failover).
+/webrtc/<session>`, the page's STUN/TURN servers from `GET /webrtc/ice-servers`), telephony media streams
+(`/phone`, `/phone/<profile>`), `/healthz`, `/readyz` and Prometheus `/metrics` on one HTTP port, and turns
+each socket into an orchestrator session routed like any client's (least-loaded replica, failover).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class GatewayServer:
         self.ice = IcePolicy.from_settings(settings.webrtc_ice_addresses, settings.webrtc_udp_port_min,
                                            settings.webrtc_udp_port_max, settings.webrtc_public_ip)
         self.ice_servers = IceServers(settings.webrtc_ice_servers, settings.webrtc_turn_username,
-                                      settings.webrtc_turn_credential, settings.webrtc_turn_credential_file)
+                                      settings.webrtc_turn_credential, settings.webrtc_turn_credential_file,
+                                      settings.webrtc_client_ice_servers)
         if self.ice.ports is not None and self.ice.port_count < settings.max_sessions * max(1, len(self.ice.addresses)):
             log.warning("webrtc_udp_port_min/max hold %d ports but %d calls on %s ICE address(es) need one each: "
                         "WebRTC calls beyond that fail ICE", self.ice.port_count, settings.max_sessions,
@@ -75,6 +76,7 @@ class GatewayServer:
         app.router.add_get("/phone", self._phone)
         app.router.add_get("/phone/{profile}", self._phone)
         app.router.add_post("/webrtc", self._webrtc_offer)
+        app.router.add_get("/webrtc/ice-servers", self._webrtc_ice_servers)
         app.router.add_delete("/webrtc/{session}", self._webrtc_hang_up)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -177,6 +179,16 @@ class GatewayServer:
         task.add_done_callback(lambda _t, s=sid: (self.rtc_calls.pop(s, None), self._rtc_hangups.pop(s, None)))
         return web.Response(status=201, text=answer, content_type="application/sdp",
                             headers={"Location": f"/webrtc/{sid}"})
+
+    async def _webrtc_ice_servers(self, request: web.Request) -> web.Response:
+        """The STUN/TURN servers the page passes to its RTCPeerConnection, so a browser behind a NAT can relay.
+        Same auth as the offer (it carries the TURN credential), never cached, never logged."""
+        if not self._authorized(request):
+            self.metrics.refused.labels("auth").inc()
+            raise web.HTTPUnauthorized(text="missing or wrong token: send Authorization: Bearer <token> or "
+                                       "?token=<token>\n")
+        return web.json_response({"iceServers": self.ice_servers.for_browser()},
+                                 headers={"Cache-Control": "no-store"})
 
     async def _webrtc_hang_up(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

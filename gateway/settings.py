@@ -56,6 +56,11 @@ class Settings(ServerSettings):
         "", description="STUN/TURN servers of the gateway's WebRTC peers, comma-separated: at most one "
         "stun:host[:port] and one turn:host[:port][?transport=udp|tcp] or turns:host[:port]; empty = none "
         "(host candidates only: enough when callers can reach the gateway's UDP ports).")
+    webrtc_client_ice_servers: str = Field(
+        "", description="STUN/TURN servers the talk page's browsers use (GET /webrtc/ice-servers), comma-separated "
+        "stun:/turn:/turns: URLs, any number; TURN ones get webrtc_turn_username and the credential. Empty = "
+        "the same as webrtc_ice_servers; set it when browsers must use other servers than the gateway (e.g. its "
+        "STUN is cluster-internal).")
     webrtc_turn_username: str = Field("", description="TURN username (with a turn: or turns: server).")
     webrtc_turn_credential: str = Field(
         "", description="TURN credential (password); prefer webrtc_turn_credential_file.")

@@ -37,7 +37,7 @@ CHART_MANAGED = {
     "adapters_dir", "voices_dir", "profiles_file",
     # Set by the chart from gateway.webrtc (ports, public address, STUN/TURN and the TURN Secret).
     "webrtc_udp_port_min", "webrtc_udp_port_max", "webrtc_public_ip", "webrtc_ice_servers",
-    "webrtc_turn_username", "webrtc_turn_credential", "webrtc_turn_credential_file",
+    "webrtc_client_ice_servers", "webrtc_turn_username", "webrtc_turn_credential", "webrtc_turn_credential_file",
 }
 
 # Runs in the child: find the ServerSettings subclass of the module and print its JSON schema.

@@ -1,7 +1,8 @@
 // The gateway's talk page: microphone -> /ws as 16 kHz PCM16, agent audio <- /ws played in order,
 // transcripts and per-turn latencies shown, playback marks sent back so the agent knows what was heard.
 // Or, with the WebRTC transport: one offer/answer over HTTP (POST /webrtc), Opus both ways, the same JSON
-// events on a data channel; the gateway then knows what was played from its own outgoing track.
+// events on a data channel; the gateway then knows what was played from its own outgoing track. The
+// peer connection uses the STUN/TURN servers from GET /webrtc/ice-servers.
 "use strict";
 const RATE = 16000;
 const $ = (id) => document.getElementById(id);
@@ -45,9 +46,20 @@ async function start() {
 
 function authHeaders() { return params.get("token") ? { Authorization: `Bearer ${params.get("token")}` } : {}; }
 
+// The STUN/TURN servers the gateway tells browsers to use (a browser behind a NAT may need its TURN relay).
+// A gateway without the endpoint (older) means none; a refused token stops here with the gateway's reason.
+async function iceServers() {
+  const r = await fetch(new URL("/webrtc/ice-servers", location.href), { headers: authHeaders(), cache: "no-store" });
+  if (r.status === 401 || r.status === 403) throw new Error(`${r.status}: ${(await r.text()).trim()}`);
+  const servers = r.ok ? (await r.json()).iceServers : [];
+  vx.iceServerUrls = servers.map((s) => s.urls);
+  return servers;
+}
+
 async function startWebRTC() {
+  const servers = await iceServers();
   micStream = await navigator.mediaDevices.getUserMedia({ audio: MIC });
-  pc = new RTCPeerConnection({ iceServers: [] });
+  pc = new RTCPeerConnection({ iceServers: servers });
   micStream.getAudioTracks().forEach((t) => pc.addTrack(t, micStream));
   dc = pc.createDataChannel("events");
   dc.onmessage = (m) => onEvent(JSON.parse(m.data));

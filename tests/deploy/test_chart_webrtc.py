@@ -31,6 +31,7 @@ gateway:
     udpPortRange: {min: 40000, max: 40019}
     publicIP: 203.0.113.10
     iceServers: ["stun:stun.example.com:3478", "turns:turn.example.com"]
+    clientIceServers: ["stun:stun.l.example.net:19302", "turns:turn.example.com"]
     turn: {username: agent, existingSecret: turn-secret, credentialKey: password}
 """
 HOST_MODE = """
@@ -79,6 +80,7 @@ def test_service_mode_lists_every_port_and_advertises_the_public_ip(service_mode
     assert e["VOXGRID_GATEWAY_WEBRTC_PUBLIC_IP"] == "203.0.113.10"
     assert e["VOXGRID_GATEWAY_WEBRTC_ICE_ADDRESSES"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert e["VOXGRID_GATEWAY_WEBRTC_ICE_SERVERS"] == "stun:stun.example.com:3478,turns:turn.example.com"
+    assert e["VOXGRID_GATEWAY_WEBRTC_CLIENT_ICE_SERVERS"] == "stun:stun.l.example.net:19302,turns:turn.example.com"
     assert e["VOXGRID_GATEWAY_WEBRTC_TURN_USERNAME"] == "agent"
     pod = gw["spec"]["template"]["spec"]
     assert not pod.get("hostNetwork")
@@ -110,6 +112,7 @@ def test_host_network_mode_uses_the_node_and_renders_no_udp_service(host_mode: l
     node_ip = {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert e["VOXGRID_GATEWAY_WEBRTC_PUBLIC_IP"] == node_ip and e["VOXGRID_GATEWAY_WEBRTC_ICE_ADDRESSES"] == node_ip
     assert "VOXGRID_GATEWAY_WEBRTC_TURN_CREDENTIAL_FILE" not in e
+    assert "VOXGRID_GATEWAY_WEBRTC_CLIENT_ICE_SERVERS" not in e  # the page gets the gateway's list
 
 
 def test_lint_is_clean_with_webrtc(helm: Helm, tmp_path: Path) -> None:
@@ -134,6 +137,9 @@ REFUSED: dict[str, tuple[list[str], list[str]]] = {
                           "gateway.webrtc.iceServers={stun:a.example:3478,stun:b.example:3478}"], ["2 STUN"]),
     "turn-without-secret": (["gateway.webrtc.publicIP=203.0.113.10", "gateway.webrtc.iceServers={turn:t.example}"],
                             ["turn.username", "turn.existingSecret"]),
+    "client-turn-without-secret": (["gateway.webrtc.publicIP=203.0.113.10",
+                                    "gateway.webrtc.clientIceServers={turn:t.example}"],
+                                   ["clientIceServers has a TURN server (turn:t.example)", "turn.existingSecret"]),
     "host-network-with-both-addresses": (["gateway.webrtc.expose=hostNetwork", "gateway.webrtc.publicIP=203.0.113.10",
                                           "gateway.webrtc.publicIPFromNode=true"], ["not both"]),
 }
@@ -152,6 +158,7 @@ def test_values_that_cannot_work_are_refused(helm: Helm, name: str) -> None:
     ("gateway:\n  webrtc:\n    expose: hostPort\n", "/gateway/webrtc/expose"),
     ("gateway:\n  webrtc:\n    iceServers: ['http://stun.example.com']\n", "/gateway/webrtc/iceServers/0"),
     ("gateway:\n  webrtc:\n    publicIP: voice.example.com\n", "/gateway/webrtc/publicIP"),
+    ("gateway:\n  webrtc:\n    clientIceServers: ['https://turn.example.com']\n", "/gateway/webrtc/clientIceServers/0"),
     ("gateway:\n  settings:\n    webrtcPublicIp: 203.0.113.10\n", "webrtcPublicIp"),  # chart-managed
 ])
 def test_schema_names_the_bad_webrtc_value(helm: Helm, tmp_path: Path, text: str, fragment: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -56,6 +58,15 @@ async def settled(gs: GatewayStack, timeout_s: float = 10.0) -> dict[str, int]:
 
 
 ALL_CLOSED = {"gateway": 0, "orchestrator": 0, "stt": 0, "llm": 0, "tts": 0}
+
+
+def chromium_path() -> str:
+    """Debian's chromium for the page tests (playwright drives it), or skip saying how to get it."""
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; make setup does it)")
+    pytest.importorskip("playwright", reason="playwright is not installed (pip install 'voxgrid[dev]')")
+    return path
 
 
 def mulaw_tone(seconds: float) -> bytes:

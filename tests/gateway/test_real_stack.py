@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from voxgrid.gateway.media_client import MediaStreamCaller, to_mulaw
 from voxgrid.gateway.settings import Settings
 
 from tests.conftest import synthesize_speech
+from tests.gateway.conftest import chromium_path
 from tests.real_stack import real_agent_stack
 from voxgrid.audio import write_wav
 
@@ -105,19 +104,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; make setup does it)")
-    pytest.importorskip("playwright", reason="playwright is not installed (pip install 'voxgrid[dev]')")
-    return path
-
-
 @pytest.mark.parametrize("transport", ["ws", "webrtc"])
 @pytest.mark.asyncio(loop_scope="module")
 async def test_the_browser_page_talks_to_the_agent_in_headless_chromium(real_gateway, speech_dir, tmp_path,
                                                                          transport) -> None:
-    chromium = _chromium()
+    chromium = chromium_path()
     from playwright.async_api import async_playwright
 
     gw, _ = real_gateway

@@ -2,26 +2,31 @@
 the settings that configure them refused with a message that names the setting.
 
 Everything binds 127.0.0.x: the "public" address is 127.0.0.2, the STUN server a few lines of aioice's own
-STUN message code on 127.0.0.1, and the 1:1 NAT a UDP forwarder that owns 127.0.0.2:<port range>.
+STUN message code on 127.0.0.1, and the 1:1 NAT a UDP forwarder that owns 127.0.0.2:<port range>. The talk
+page gets its own STUN/TURN list from GET /webrtc/ice-servers; headless Chromium shows it reaches the
+browser's RTCPeerConnection (the browser asks the STUN server) without breaking a loopback call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import random
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from voxgrid.gateway.app import GatewayServer, Settings
+from voxgrid.gateway.app import GatewayServer, Settings, start_gateway
 from voxgrid.gateway.ice_servers import IceServers, parse_urls
 from voxgrid.gateway.rtc_net import IcePolicy, advertise, parse_port_range, parse_public_ip
 from voxgrid.gateway.webrtc_client import WebRTCCaller
 
-from tests.gateway.conftest import ALL_CLOSED, metric, scrape, settled
+from tests.gateway.conftest import ALL_CLOSED, chromium_path, metric, scrape, settled
 
 pytest.importorskip("aiortc", reason="aiortc is not installed (pip install 'voxgrid[gateway]')")
 PUBLIC = "127.0.0.2"
@@ -228,7 +233,6 @@ def test_the_turn_credential_file_is_reread_when_it_changes(tmp_path: Path) -> N
     turn = next(s for s in servers.configuration().iceServers if s.urls.startswith("turn"))
     assert (turn.username, turn.credential) == ("agent", "first")
     secret.write_text("second\n")
-    import os
     os.utime(secret, (1, 1))  # a different mtime even on coarse clocks
     assert servers.credential() == "second"
     secret.write_text("")  # a Secret being swapped: the last good credential stays
@@ -245,3 +249,86 @@ def test_advertise_rewrites_host_candidates_and_connection_lines_only() -> None:
     assert "198.51.100.7 40001 typ host" in out and "c=IN IP4 198.51.100.7" in out and "10.1.2.3 40001 typ" not in out
     assert "203.0.113.9 40001 typ srflx" in out and "fd00::5 40002 typ host" in out  # other types, families kept
     assert advertise(sdp, "") == sdp
+
+
+async def test_the_page_gets_its_ice_servers_with_auth_and_the_current_turn_credential(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = tmp_path / "credential"
+    secret.write_text("s3cret-one\n")
+    turn = "turn:127.0.0.1:3478?transport=udp"
+    settings = Settings(port=0, orchestrator_backends="static:127.0.0.1:9", auth_tokens="tok",
+                        webrtc_ice_servers=f"stun:127.0.0.1:3478,{turn}", webrtc_turn_username="agent",
+                        webrtc_turn_credential_file=secret)
+    caplog.set_level(logging.DEBUG)
+    async with start_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        url = gw.url + "/webrtc/ice-servers"
+        for headers, query in (({}, ""), ({"Authorization": "Bearer nope"}, ""), ({}, "?token=nope")):
+            async with http.get(url + query, headers=headers) as r:
+                assert r.status == 401 and "token" in await r.text()
+
+        async def servers(auth: dict[str, str], query: str = "") -> list[dict[str, str]]:
+            async with http.get(url + query, headers=auth) as r:
+                assert r.status == 200 and r.headers["Cache-Control"] == "no-store", await r.text()
+                return (await r.json())["iceServers"]
+
+        bearer = {"Authorization": "Bearer tok"}
+        assert await servers(bearer) == [
+            {"urls": "stun:127.0.0.1:3478"}, {"urls": turn, "username": "agent", "credential": "s3cret-one"}]
+        secret.write_text("s3cret-two\n")  # the Secret rotated: the next page gets the new one, no restart
+        os.utime(secret, (1, 1))
+        assert (await servers({}, "?token=tok"))[1]["credential"] == "s3cret-two"
+    assert "s3cret" not in caplog.text
+
+    # A client list replaces the gateway's (any number of servers: browsers take them all); no auth set.
+    secret.write_text("s3cret-three\n")
+    client = "stun:stun1.example.com:3478,stun:stun2.example.com,turns:turn.example.com:5349"
+    open_settings = settings.model_copy(update={"auth_tokens": "", "webrtc_client_ice_servers": client})
+    async with start_gateway(open_settings) as gw, aiohttp.ClientSession() as http:
+        async with http.get(gw.url + "/webrtc/ice-servers") as r:
+            assert r.status == 200
+            assert (await r.json())["iceServers"] == [
+                {"urls": "stun:stun1.example.com:3478"}, {"urls": "stun:stun2.example.com"},
+                {"urls": "turns:turn.example.com:5349", "username": "agent", "credential": "s3cret-three"}]
+    with pytest.raises(ValueError, match="webrtc_client_ice_servers: 'http://x'"):
+        IceServers("", client_urls="stun:a,http://x")
+    with pytest.raises(ValueError, match="webrtc_client_ice_servers has a TURN server but webrtc_turn_username"):
+        IceServers("stun:127.0.0.1:3478", client_urls="turn:turn.example.com")
+
+
+class SilentUdp(asyncio.DatagramProtocol):
+    """An ICE server that never answers (a firewalled or wrong STUN address)."""
+
+
+async def test_the_browser_page_uses_the_gateway_s_ice_servers_and_still_connects_on_loopback(
+        make_gateway) -> None:
+    chromium = chromium_path()
+    from playwright.async_api import async_playwright
+
+    loop = asyncio.get_running_loop()
+    live, stun_server = await loop.create_datagram_endpoint(lambda: StunServer("127.0.0.3"),
+                                                             local_addr=("127.0.0.1", 0))
+    dead, _ = await loop.create_datagram_endpoint(SilentUdp, local_addr=("127.0.0.1", 0))
+    urls = [f"stun:127.0.0.1:{t.get_extra_info('sockname')[1]}" for t in (live, dead)]
+    try:
+        # The client list only: the gateway's own peers gather host candidates on loopback, as before.
+        async with make_gateway(["hi"], webrtc_ice_addresses="127.0.0.1",
+                                webrtc_client_ice_servers=",".join(urls)) as gs, async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium, headless=True, args=[
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                "--allow-loopback-in-peer-connection"])
+            try:
+                page = await browser.new_page()
+                await page.goto(gs.http + "/?transport=webrtc")
+                await page.click("#start")
+                await page.wait_for_function("document.getElementById('status').textContent === 'connected'",
+                                             timeout=30000)
+                fetched = await page.evaluate("window.voxgrid.iceServerUrls")
+                await page.click("#hangup")  # the page's own hang-up (end + DELETE) frees the call
+                assert await settled(gs) == ALL_CLOSED
+            finally:
+                await browser.close()
+            assert fetched == urls
+            assert stun_server.asked_from, "the browser's peer connection never asked the STUN server it was given"
+    finally:
+        live.close()
+        dead.close()
