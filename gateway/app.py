@@ -52,7 +52,8 @@ class GatewayServer:
                                            settings.webrtc_udp_port_max, settings.webrtc_public_ip)
         self.ice_servers = IceServers(settings.webrtc_ice_servers, settings.webrtc_turn_username,
                                       settings.webrtc_turn_credential, settings.webrtc_turn_credential_file,
-                                      settings.webrtc_client_ice_servers)
+                                      settings.webrtc_client_ice_servers, settings.webrtc_turn_shared_secret_file,
+                                      settings.webrtc_turn_credential_ttl_s)
         if self.ice.ports is not None and self.ice.port_count < settings.max_sessions * max(1, len(self.ice.addresses)):
             log.warning("webrtc_udp_port_min/max hold %d ports but %d calls on %s ICE address(es) need one each: "
                         "WebRTC calls beyond that fail ICE", self.ice.port_count, settings.max_sessions,

@@ -61,11 +61,22 @@ class Settings(ServerSettings):
         "stun:/turn:/turns: URLs, any number; TURN ones get webrtc_turn_username and the credential. Empty = "
         "the same as webrtc_ice_servers; set it when browsers must use other servers than the gateway (e.g. its "
         "STUN is cluster-internal).")
-    webrtc_turn_username: str = Field("", description="TURN username (with a turn: or turns: server).")
+    webrtc_turn_username: str = Field(
+        "", description="TURN username (with a turn: or turns: server and a static credential); with "
+        "webrtc_turn_shared_secret_file an optional label that starts each minted user id.")
     webrtc_turn_credential: str = Field(
         "", description="TURN credential (password); prefer webrtc_turn_credential_file.")
     webrtc_turn_credential_file: Path | None = Field(
         None, description="File whose first line is the TURN credential (a mounted Secret); re-read on change.")
+    webrtc_turn_shared_secret_file: Path | None = Field(
+        None, description="File whose first line is the TURN server's shared secret (coturn use-auth-secret / "
+        "static-auth-secret; a mounted Secret, re-read on change): every GET /webrtc/ice-servers reply and each "
+        "of the gateway's own peers then gets a short-lived username `<expiry>:<id>` and credential "
+        "base64(HMAC-SHA1(secret, username)) instead of one static credential (set neither "
+        "webrtc_turn_credential nor its file with it).")
+    webrtc_turn_credential_ttl_s: float = Field(
+        3600.0, ge=60, description="How long a credential minted from webrtc_turn_shared_secret_file is valid, "
+        "seconds (its expiry is in the username; the TURN server refuses it afterwards).")
     webrtc_connect_timeout_s: float = Field(
         10.0, gt=0, description="A WebRTC call whose ICE/DTLS has not connected this long after the answer is "
         "dropped and its ports freed.")

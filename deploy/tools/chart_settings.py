@@ -38,6 +38,7 @@ CHART_MANAGED = {
     # Set by the chart from gateway.webrtc (ports, public address, STUN/TURN and the TURN Secret).
     "webrtc_udp_port_min", "webrtc_udp_port_max", "webrtc_public_ip", "webrtc_ice_servers",
     "webrtc_client_ice_servers", "webrtc_turn_username", "webrtc_turn_credential", "webrtc_turn_credential_file",
+    "webrtc_turn_shared_secret_file", "webrtc_turn_credential_ttl_s",
 }
 
 # Runs in the child: find the ServerSettings subclass of the module and print its JSON schema.

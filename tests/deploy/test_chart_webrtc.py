@@ -1,7 +1,7 @@
 """gateway.webrtc in the chart, rendered by the real helm: the UDP port range reaches the gateway (env), the
 Service (every port listed) or the node's network, the NetworkPolicy and the TURN Secret; values that cannot
-work (a reversed or oversized range, no public address, several replicas behind one UDP Service) are refused
-at render time with a message that says what to change."""
+work (a reversed or oversized range, no public address, several replicas behind one UDP Service, a static
+and a shared TURN secret together) are refused at render time with a message that says what to change."""
 
 from __future__ import annotations
 
@@ -115,6 +115,40 @@ def test_host_network_mode_uses_the_node_and_renders_no_udp_service(host_mode: l
     assert "VOXGRID_GATEWAY_WEBRTC_CLIENT_ICE_SERVERS" not in e  # the page gets the gateway's list
 
 
+SHARED_SECRET_MODE = """
+gateway:
+  enabled: true
+  replicas: 1
+  maxSessions: 20
+  webrtc:
+    enabled: true
+    udpPortRange: {min: 40000, max: 40019}
+    publicIP: 203.0.113.10
+    iceServers: ["turn:turn.example.com:3478?transport=udp"]
+    clientIceServers: ["turns:turn.example.com"]
+    turn:
+      sharedSecret: {existingSecret: coturn-auth, key: static-auth-secret}
+      credentialTtlSeconds: 900
+"""
+
+
+def test_a_shared_secret_mounts_the_turn_server_s_secret_for_short_lived_credentials(
+        helm: Helm, tmp_path: Path) -> None:
+    objects = helm.render(values=[write_values(tmp_path, "shared.yaml", SHARED_SECRET_MODE)])
+    for obj in gateway_objects(objects):
+        validate_strict(obj, KUBE_VERSIONS[-1])
+    gw = deployments(objects)["gateway"]
+    e = env(gw)
+    assert e["VOXGRID_GATEWAY_WEBRTC_TURN_CREDENTIAL_TTL_S"] == "900"
+    assert "VOXGRID_GATEWAY_WEBRTC_TURN_CREDENTIAL_FILE" not in e and "VOXGRID_GATEWAY_WEBRTC_TURN_USERNAME" not in e
+    pod = gw["spec"]["template"]["spec"]
+    turn = next(v for v in pod["volumes"] if v["name"] == "turn")
+    assert turn["secret"]["secretName"] == "coturn-auth"
+    assert turn["secret"]["items"] == [{"key": "static-auth-secret", "path": "shared-secret"}]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "turn")
+    assert f"{mount['mountPath']}/shared-secret" == e["VOXGRID_GATEWAY_WEBRTC_TURN_SHARED_SECRET_FILE"]
+
+
 def test_lint_is_clean_with_webrtc(helm: Helm, tmp_path: Path) -> None:
     done = helm.run("lint", "--strict", str(CHART), "-f", str(write_values(tmp_path, "s.yaml", SERVICE_MODE)))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -136,7 +170,16 @@ REFUSED: dict[str, tuple[list[str], list[str]]] = {
     "two-stun-servers": (["gateway.webrtc.publicIP=203.0.113.10",
                           "gateway.webrtc.iceServers={stun:a.example:3478,stun:b.example:3478}"], ["2 STUN"]),
     "turn-without-secret": (["gateway.webrtc.publicIP=203.0.113.10", "gateway.webrtc.iceServers={turn:t.example}"],
-                            ["turn.username", "turn.existingSecret"]),
+                            ["turn.username", "turn.existingSecret", "turn.sharedSecret.existingSecret"]),
+    "static-and-shared-turn-secrets": (["gateway.webrtc.publicIP=203.0.113.10", "gateway.webrtc.turn.username=a",
+                                        "gateway.webrtc.turn.existingSecret=turn-credential",
+                                        "gateway.webrtc.turn.sharedSecret.existingSecret=coturn-auth"],
+                                       ["turn.sharedSecret.existingSecret and gateway.webrtc.turn.existingSecret "
+                                        "are both set", "Keep one"]),
+    "shared-secret-username-with-a-colon": (["gateway.webrtc.publicIP=203.0.113.10",
+                                             "gateway.webrtc.turn.username=eu:1",
+                                             "gateway.webrtc.turn.sharedSecret.existingSecret=coturn-auth"],
+                                            ["turn.username \"eu:1\" contains ':'"]),
     "client-turn-without-secret": (["gateway.webrtc.publicIP=203.0.113.10",
                                     "gateway.webrtc.clientIceServers={turn:t.example}"],
                                    ["clientIceServers has a TURN server (turn:t.example)", "turn.existingSecret"]),
@@ -160,6 +203,9 @@ def test_values_that_cannot_work_are_refused(helm: Helm, name: str) -> None:
     ("gateway:\n  webrtc:\n    publicIP: voice.example.com\n", "/gateway/webrtc/publicIP"),
     ("gateway:\n  webrtc:\n    clientIceServers: ['https://turn.example.com']\n", "/gateway/webrtc/clientIceServers/0"),
     ("gateway:\n  settings:\n    webrtcPublicIp: 203.0.113.10\n", "webrtcPublicIp"),  # chart-managed
+    ("gateway:\n  webrtc:\n    turn: {credentialTtlSeconds: 30}\n", "/gateway/webrtc/turn/credentialTtlSeconds"),
+    ("gateway:\n  webrtc:\n    turn: {sharedSecret: {name: x}}\n", "/gateway/webrtc/turn/sharedSecret"),
+    ("gateway:\n  settings:\n    webrtcTurnSharedSecretFile: /s\n", "webrtcTurnSharedSecretFile"),  # chart-managed
 ])
 def test_schema_names_the_bad_webrtc_value(helm: Helm, tmp_path: Path, text: str, fragment: str) -> None:
     error = helm.refusal(values=[write_values(tmp_path, "bad.yaml", text)])

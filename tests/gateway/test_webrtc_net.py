@@ -5,16 +5,24 @@ Everything binds 127.0.0.x: the "public" address is 127.0.0.2, the STUN server a
 STUN message code on 127.0.0.1, and the 1:1 NAT a UDP forwarder that owns 127.0.0.2:<port range>. The talk
 page gets its own STUN/TURN list from GET /webrtc/ice-servers; headless Chromium shows it reaches the
 browser's RTCPeerConnection (the browser asks the STUN server) without breaking a loopback call.
+
+Short-lived TURN credentials (webrtc_turn_shared_secret_file, coturn's use-auth-secret) are checked three
+ways: against a fixed vector, by a TURN server written here from the scheme's description (401 challenge,
+HMAC-derived password, long-term-credential MESSAGE-INTEGRITY), and by a real coturn where it is installed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import random
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 from voxgrid.gateway.app import GatewayServer, Settings, start_gateway
-from voxgrid.gateway.ice_servers import IceServers, parse_urls
+from voxgrid.gateway.ice_servers import IceServers, parse_urls, rest_api_credential
 from voxgrid.gateway.rtc_net import IcePolicy, advertise, parse_port_range, parse_public_ip
 from voxgrid.gateway.webrtc_client import WebRTCCaller
 
@@ -332,3 +340,268 @@ async def test_the_browser_page_uses_the_gateway_s_ice_servers_and_still_connect
     finally:
         live.close()
         dead.close()
+
+
+# -- Short-lived TURN credentials (TURN REST API, coturn use-auth-secret) ----------------------------------
+
+def expected_credential(secret: str, username: str) -> str:
+    """The TURN server's side of the scheme, written out here rather than imported from the gateway."""
+    return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+
+
+def test_the_rest_api_credential_matches_a_known_vector() -> None:
+    username, credential = rest_api_credential("north-wind-secret", "browser-0123456789ab", 1700000000)
+    assert username == "1700000000:browser-0123456789ab"
+    # Computed once outside Python: printf %s "$username" | openssl dgst -sha1 -hmac north-wind-secret -binary | base64
+    assert credential == "qqNDMmouevaQskNzdNIl2h7p2TU="
+    assert credential == expected_credential("north-wind-secret", username)
+
+
+def test_a_shared_secret_mints_a_fresh_credential_per_use_that_expires_after_the_ttl(tmp_path: Path) -> None:
+    secret = tmp_path / "shared-secret"
+    secret.write_text("north-wind-secret\n")
+    now = 1_800_000_000.0
+    servers = IceServers("stun:127.0.0.1:3478,turn:127.0.0.1:3478?transport=udp", "eu1",
+                         client_urls="turn:t.example.com?transport=udp,turns:t.example.com",
+                         turn_shared_secret_file=secret, turn_credential_ttl_s=900, clock=lambda: now)
+    assert servers.ephemeral
+    page = servers.for_browser()
+    assert page[0]["username"] == page[1]["username"]  # one reply, one TURN user on every URL
+    expiry, user_id = page[0]["username"].split(":")
+    assert int(expiry) == now + 900 and re.fullmatch(r"eu1-browser-[0-9a-f]{12}", user_id), user_id
+    assert page[0]["credential"] == expected_credential("north-wind-secret", page[0]["username"])
+    assert servers.for_browser()[0]["username"] != page[0]["username"]  # a new random id per reply
+    turn = next(s for s in servers.configuration().iceServers if s.urls.startswith("turn"))
+    assert re.fullmatch(rf"{int(now) + 900}:eu1-gateway-[0-9a-f]{{12}}", turn.username), turn.username
+    assert turn.credential == expected_credential("north-wind-secret", turn.username)
+
+
+def test_shared_secret_settings_are_refused_with_messages_that_name_them(tmp_path: Path) -> None:
+    secret = tmp_path / "shared-secret"
+    secret.write_text("s\n")
+    turn = "turn:127.0.0.1:3478"
+    for static in ({"turn_credential": "pw"}, {"turn_credential_file": secret}):
+        with pytest.raises(ValueError, match=r"webrtc_turn_shared_secret_file and webrtc_turn_credential(_file)? "
+                                             r"are both set"):
+            IceServers(turn, "agent", turn_shared_secret_file=secret, **static)
+    with pytest.raises(ValueError, match="webrtc_turn_shared_secret_file: cannot use"):
+        IceServers(turn, turn_shared_secret_file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match=r"webrtc_turn_shared_secret_file: .* is empty"):
+        IceServers(turn, turn_shared_secret_file=tmp_path / "empty")
+    with pytest.raises(ValueError, match="webrtc_turn_username 'a:b' contains ':'"):
+        IceServers(turn, "a:b", turn_shared_secret_file=secret)
+    with pytest.raises(ValueError, match="webrtc_turn_credential_ttl_s"):
+        Settings(port=0, webrtc_turn_credential_ttl_s=10)
+    with pytest.raises(ValueError, match="webrtc_turn_shared_secret_file and webrtc_turn_credential_file"):
+        GatewayServer(Settings(port=0, webrtc_ice_servers=turn, webrtc_turn_credential_file=secret,
+                               webrtc_turn_shared_secret_file=secret))
+
+
+async def test_each_ice_servers_reply_gets_its_own_short_lived_credential_and_sees_a_rotation(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = tmp_path / "shared-secret"
+    secret.write_text("rotating-secret-one\n")
+    turn = "turn:127.0.0.1:3478?transport=udp"
+    settings = Settings(port=0, orchestrator_backends="static:127.0.0.1:9", auth_tokens="tok",
+                        webrtc_ice_servers=turn, webrtc_turn_shared_secret_file=secret,
+                        webrtc_turn_credential_ttl_s=600)
+    caplog.set_level(logging.DEBUG)
+    async with start_gateway(settings) as gw, aiohttp.ClientSession() as http:
+        url = gw.url + "/webrtc/ice-servers"
+        async with http.get(url) as r:
+            assert r.status == 401
+
+        async def login() -> dict[str, str]:
+            async with http.get(url, headers={"Authorization": "Bearer tok"}) as r:
+                assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+                (entry,) = (await r.json())["iceServers"]
+                return entry
+
+        before = time.time()
+        first = await login()
+        expiry = int(first["username"].split(":")[0])
+        assert before + 600 - 1 <= expiry <= time.time() + 600, (before, expiry)
+        assert first["credential"] == expected_credential("rotating-secret-one", first["username"])
+        secret.write_text("rotating-secret-two\n")  # the Secret rotated: the next reply is signed with it
+        os.utime(secret, (1, 1))
+        second = await login()
+        assert second["credential"] == expected_credential("rotating-secret-two", second["username"])
+        secret.write_text("")  # a Secret being swapped: the last good secret keeps signing
+        os.utime(secret, (2, 2))
+        third = await login()
+        assert third["credential"] == expected_credential("rotating-secret-two", third["username"])
+    assert "unusable" in caplog.text and "rotating-secret" not in caplog.text
+
+
+class RestApiTurnServer(asyncio.DatagramProtocol):
+    """The TURN server's half of use-auth-secret, as coturn does it: challenge with 401 + REALM + NONCE, then
+    take the username's expiry, recompute the password as base64(HMAC-SHA1(secret, username)) and check the
+    request's MESSAGE-INTEGRITY with the long-term key MD5(username:realm:password). A good Allocate gets a
+    relayed address (so the gateway's answer carries a relay candidate); a bad one 441."""
+
+    REALM = "voxgrid.test"
+
+    def __init__(self, secret: str, relayed: tuple[str, int]) -> None:
+        self.secret, self.relayed = secret, relayed
+        self.transport: Any = None
+        self.accepted: list[str] = []
+        self.refused: list[str] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        from aioice import stun
+
+        request = stun.parse_message(data)
+        if request.message_class != stun.Class.REQUEST:
+            return
+        reply = stun.Message(message_method=request.message_method, message_class=stun.Class.RESPONSE,
+                             transaction_id=request.transaction_id)
+        username = request.attributes.get("USERNAME")
+        if username is None:
+            reply.message_class = stun.Class.ERROR
+            reply.attributes.update({"ERROR-CODE": (401, "Unauthorized"), "REALM": self.REALM, "NONCE": b"n0nce"})
+            self.transport.sendto(bytes(reply), addr)
+            return
+        password = expected_credential(self.secret, username)
+        key = hashlib.md5(f"{username}:{self.REALM}:{password}".encode()).digest()
+        if int(username.split(":")[0]) < time.time() or not request.check_message_integrity(key):
+            self.refused.append(username)
+            reply.message_class = stun.Class.ERROR
+            reply.attributes["ERROR-CODE"] = (441, "Wrong Credentials")
+            self.transport.sendto(bytes(reply), addr)
+            return
+        self.accepted.append(username)
+        reply.attributes["LIFETIME"] = request.attributes.get("LIFETIME", 600)
+        if request.message_method == stun.Method.ALLOCATE:
+            reply.attributes["XOR-MAPPED-ADDRESS"] = addr
+            reply.attributes["XOR-RELAYED-ADDRESS"] = self.relayed
+        reply.add_message_integrity(key)
+        self.transport.sendto(bytes(reply), addr)
+
+
+async def test_the_gateway_s_own_peer_authenticates_to_the_turn_server_with_a_minted_credential(
+        make_gateway, tmp_path: Path) -> None:
+    secret = tmp_path / "shared-secret"
+    secret.write_text("relay-secret\n")
+    loop = asyncio.get_running_loop()
+    transport, server = await loop.create_datagram_endpoint(
+        lambda: RestApiTurnServer("relay-secret", ("127.0.0.5", 49999)), local_addr=("127.0.0.1", 0))
+    turn = f"turn:127.0.0.1:{transport.get_extra_info('sockname')[1]}?transport=udp"
+    try:
+        async with make_gateway(["hi"], webrtc_ice_addresses="127.0.0.1", webrtc_ice_servers=turn,
+                                webrtc_turn_username="gw", webrtc_turn_shared_secret_file=secret) as gs:
+            for signed_with in ("relay-secret", "relay-secret-2"):
+                if signed_with != "relay-secret":  # rotate both sides: the next peer signs with the new one
+                    secret.write_text(f"{signed_with}\n")
+                    os.utime(secret, (1, 1))
+                    server.secret = signed_with
+                caller = WebRTCCaller(gs.http)
+                try:
+                    status, answer = await caller.post(await caller.offer())
+                    assert status == 201, answer
+                finally:
+                    await caller.close()
+                assert ("127.0.0.5", 49999, "relay") in candidates(answer), answer
+            assert len({u.split(":")[1] for u in server.accepted}) == 2 and not server.refused
+            assert all(re.fullmatch(r"\d+:gw-gateway-[0-9a-f]{12}", u) for u in server.accepted), server.accepted
+            server.secret = "not-the-gateway-s"  # the servers disagree: the relay is refused, the call still answers
+            caller = WebRTCCaller(gs.http)
+            try:
+                status, answer = await caller.post(await caller.offer())
+                assert status == 201 and "typ relay" not in answer, answer
+            finally:
+                await caller.close()
+            assert server.refused
+            assert await settled(gs) == ALL_CLOSED
+    finally:
+        transport.close()
+
+
+@contextlib.asynccontextmanager
+async def coturn(secret: str, tmp_path: Path) -> AsyncIterator[int]:
+    """A real coturn (Debian's `turnserver`) on 127.0.0.1 with use-auth-secret, relaying on loopback; yields
+    its port. Skips where coturn is not installed (apt-get install coturn)."""
+    import shutil
+
+    from aioice import stun
+
+    binary = shutil.which("turnserver")
+    if binary is None:
+        pytest.skip("coturn is not installed (apt-get install coturn): the TURN REST API check against it is off")
+    port, _ = port_range(1)
+    relay_low, relay_high = port_range(10)
+    log_file = (tmp_path / "coturn.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-n", "--listening-ip", "127.0.0.1", "--listening-port", str(port), "--relay-ip", "127.0.0.1",
+        "--min-port", str(relay_low), "--max-port", str(relay_high), "--use-auth-secret",
+        "--static-auth-secret", secret, "--realm", "voxgrid.test", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+        "--allow-loopback-peers", "--log-file", "stdout", "--simple-log", "--pidfile", str(tmp_path / "coturn.pid"),
+        "--userdb", str(tmp_path / "coturn.db"), stdout=log_file, stderr=asyncio.subprocess.STDOUT)
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[bytes] = loop.create_future()
+
+    class Probe(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, _addr: Any) -> None:
+            if not answered.done():
+                answered.set_result(data)
+
+    probe, _ = await loop.create_datagram_endpoint(Probe, remote_addr=("127.0.0.1", port))
+    try:
+        for _ in range(100):  # up when it answers a STUN binding request
+            probe.sendto(bytes(stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(answered), 0.1)
+                break
+            assert proc.returncode is None, (tmp_path / "coturn.log").read_text()
+        assert answered.done(), "coturn never answered: " + (tmp_path / "coturn.log").read_text()[-2000:]
+        yield port
+    finally:
+        probe.close()
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+        log_file.close()
+
+
+async def allocates(port: int, username: str, credential: str) -> bool:
+    """Whether the TURN server at 127.0.0.1:port gives this user a relay (aioice's TURN client, as a browser)."""
+    from aioice import stun, turn
+
+    try:
+        transport, _ = await turn.create_turn_endpoint(asyncio.DatagramProtocol, server_addr=("127.0.0.1", port),
+                                                       username=username, password=credential)
+    except stun.TransactionFailed:
+        return False
+    transport.close()
+    return True
+
+
+async def test_coturn_relays_for_the_minted_credentials_and_refuses_expired_or_foreign_ones(
+        make_gateway, tmp_path: Path) -> None:
+    secret = tmp_path / "shared-secret"
+    secret.write_text("coturn-static-auth-secret\n")
+    async with coturn("coturn-static-auth-secret", tmp_path) as port:
+        turn = f"turn:127.0.0.1:{port}?transport=udp"
+        async with make_gateway(["hi"], webrtc_ice_addresses="127.0.0.1", webrtc_ice_servers=turn,
+                                webrtc_turn_shared_secret_file=secret, webrtc_turn_credential_ttl_s=120) as gs, \
+                aiohttp.ClientSession() as http:
+            async with http.get(gs.http + "/webrtc/ice-servers") as r:
+                (browser,) = (await r.json())["iceServers"]
+            assert await allocates(port, browser["username"], browser["credential"])  # the page's pair
+            caller = WebRTCCaller(gs.http)
+            try:
+                status, answer = await caller.post(await caller.offer())
+                assert status == 201 and "typ relay" in answer, answer  # the gateway's own peer got a relay
+            finally:
+                await caller.close()
+            assert not await allocates(port, *rest_api_credential("coturn-static-auth-secret", "late",
+                                                                   int(time.time()) - 5))  # expired
+            secret.write_text("a-secret-coturn-does-not-have\n")
+            os.utime(secret, (1, 1))
+            async with http.get(gs.http + "/webrtc/ice-servers") as r:
+                (foreign,) = (await r.json())["iceServers"]
+            assert not await allocates(port, foreign["username"], foreign["credential"])
+            assert await settled(gs) == ALL_CLOSED
