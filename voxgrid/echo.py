@@ -158,6 +158,7 @@ class EchoCanceller:
         self.compute_s = 0.0
         self._stats = [0, 0.0, 0.0]  # since `take_stats`: samples with the agent audible, energy in, out
         self._env: deque[tuple[float, float]] = deque(maxlen=_ENV_FRAMES)  # per frame: caller, reference dB
+        self._energy: deque[tuple[float, float]] = deque(maxlen=_ENV_FRAMES)  # per frame: caller in, out (power)
         self._tail_frames = max(1, tail_ms // 10)
 
     def near_clock(self, now: float) -> int:
@@ -262,6 +263,7 @@ class EchoCanceller:
             self.compute_s += dt
             e_near = float(np.mean(near16.astype(np.float64) ** 2)) / 32768**2
             self._env.append((10 * np.log10(e_near + 1e-9), 10 * np.log10(float(np.mean(ref * ref)) + 1e-9)))
+            self._energy.append((e_near, float(np.mean(y.astype(np.float64) ** 2)) / 32768**2))
             if float(np.sqrt(np.mean(ref * ref))) > _REF_ACTIVE_RMS:
                 self._stats[0] += n
                 self._stats[1] += float(np.sum(near16.astype(np.float64) ** 2))
@@ -287,6 +289,20 @@ class EchoCanceller:
                 continue
             best = max(best, float(np.corrcoef(near, ref)[0, 1]))
         return best
+
+    def removed_db(self, seconds: float, until_s: float = 0.0) -> float:
+        """How much of the caller's audio from `seconds` ago to `until_s` ago the echo stage took away (dB, in
+        over out energy): what STT heard of it. Echo alone loses most of its energy here (cancelled, or held by
+        the start-of-turn gate), even on the first answer of a call (about 20 dB measured); a caller talking
+        over the echo passes nearly whole (2 dB measured). So words STT finds in audio that lost most of its
+        energy here are the echo's residue or whisper's hallucination on near-silence ("Thank you."), never
+        the caller's. 0.0 when there is nothing to tell."""
+        n = min(int(seconds * 100), len(self._energy))
+        skip = min(max(0, int(until_s * 100)), n)
+        if n - skip < 1:
+            return 0.0
+        e = np.array(list(self._energy)[len(self._energy) - n:len(self._energy) - skip], dtype=np.float64)
+        return float(10 * np.log10((e[:, 0].sum() + 1e-9) / (e[:, 1].sum() + 1e-9)))
 
     def take_alignment(self) -> tuple[float | None, float]:
         """Delay tracking since the previous call: the latest echo delay measured (ms, None if none was) and

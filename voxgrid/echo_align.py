@@ -24,10 +24,13 @@ loop; its answer is applied a few frames later.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+
+log = logging.getLogger("voxgrid.echo_align")
 
 TARGET_DELAY_MS = 10.0  # where the echo is put behind the reference: early enough that estimate errors stay causal
 EST_REF_S = 0.2  # reference (agent speech) per estimate
@@ -152,6 +155,7 @@ class DelayAligner:
         self._restart_at, self._restart_turn = at, new_turn or self._restart_turn
 
     def _reset(self, new_turn: bool) -> None:
+        log.debug("player restarts (new turn: %s); was locked %s, shift %d", new_turn, self.locked, self.shift)
         if new_turn and not self.locked and self._active_from is not None:
             self.no_echo_turns += 1  # the last turn ended without a measurable echo
         self.locked, self._active_from, self._tries, self._pending, self._gave_up = False, None, 0, None, False
@@ -213,6 +217,7 @@ class DelayAligner:
             cancels = len(self._recent) >= CONVERGED_FRAMES and removed > 10 ** (CONVERGED_DB / 10)
             if cancels or clock - self._locked_at > GATE_AFTER_LOCK_S * self.rate:
                 self._converged, self._recent = True, []
+                log.debug("gate lifted at %d (%s)", clock, "cancels" if cancels else "timeout")
                 return out
         if e_near > loudest * erl * 10 ** (GATE_MARGIN_DB / 10):
             return out
@@ -246,6 +251,7 @@ class DelayAligner:
             return
         if self._tries >= EST_TRIES:
             self._gave_up = True  # keep the previous alignment, let the filter follow, lift the gate
+            log.debug("no echo delay found this turn (%d windows from %s): gate off", self._tries, self._active_from)
             return
         start = self._active_from + self._tries * int(EST_REF_S * self.rate)
         ref_len = int(EST_REF_S * self.rate)
@@ -285,6 +291,8 @@ class DelayAligner:
 
     def _apply(self, found: tuple[int, float, float], clock: int) -> None:
         found_at, corr, erl = found
+        log.debug("delay estimate at %d: lag %d, corr %.2f, erl %.3f (locked %s)", clock, found_at - self.early, corr,
+                  erl, self.locked)
         if corr < (VERIFY_CONFIDENCE if self.locked else MIN_CONFIDENCE) or found_at in (0, self.early + self.max_lag):
             return  # double talk, no echo in this window or beyond the range: the next one may tell
         lag = found_at - self.early  # < 0: the echo comes before the reference as placed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 import pytest_asyncio
@@ -65,13 +66,19 @@ async def test_a_second_voice_still_interrupts(stack, speech_dir, after_s: float
         try:
             call.send(agent_pb2.ConverseRequest(text=PROMPTS[2]))
             await call.wait_for(lambda rec: bool(rec.events(TE.KIND_AGENT_STARTED_SPEAKING)), 60)
+            started = time.monotonic()
             # Mid-sentence, or at the start of the answer, where the start-of-turn gate holds echo-alone audio:
             # a caller talking over the agent's echo must pass it.
             await asyncio.sleep(after_s)
             caller.say(voice)
-            await call.wait_for(lambda rec: bool(rec.events(TE.KIND_INTERRUPTED)), 30)
-            await call.wait_for(lambda rec: any("tomorrow" in f.lower() or "open" in f.lower()
-                                                for f in rec.finals()), 30)
+            try:
+                await call.wait_for(lambda rec: bool(rec.events(TE.KIND_INTERRUPTED)), 30)
+                await call.wait_for(lambda rec: any("tomorrow" in f.lower() or "open" in f.lower()
+                                                    for f in rec.finals()), 30)
+            except TimeoutError:  # what STT made of the caller's audio says why
+                heard = [(round(at - started, 2), t.text, t.is_final) for at, r in call.record.responses
+                         if r.WhichOneof("event") == "user_transcript" for t in [r.user_transcript]]
+                pytest.fail(f"no interruption: STT heard {heard}; events {[e.kind for e in call.record.events()]}")
         finally:
             await caller.stop()
     interrupted = call.record.events(TE.KIND_INTERRUPTED)
