@@ -94,7 +94,8 @@ async def test_a_webrtc_caller_asks_over_opus_and_hears_the_answer(real_gateway,
         # The reply came through Opus whole: whisper hears most of the agent's own words, and the answer.
         # (When the reply opens with "Paris", tiny.en may hear "Paraces" for the first word of the clip.)
         said_words, heard_words = set(_words(said)), set(_words(heard))
-        assert len(audio) > 48000 * 0.5 and "paris" in said_words, said
+        # A one-word reply ("Paris.") is about 0.5 s of voiced frames: the floor only says audio arrived.
+        assert len(audio) > 48000 * 0.25 and "paris" in said_words, (len(audio), said)
         assert heard_words & {"paris", "france"}, (heard, said)
         assert len(said_words & heard_words) >= 0.6 * len(said_words), (heard, said)
         assert caller.of("latency") and caller.of("latency")[0]["edge_voice_to_voice_ms"] > 0
