@@ -33,8 +33,10 @@ QUESTION = "What is the capital of France?"
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def real_gateway(tmp_path_factory):
     profiles = tmp_path_factory.mktemp("profiles") / "profiles.yaml"  # profiles live on the orchestrator
+    # Greedy, so every test hears the same answer: a sampled 0.5B model now and then says "London." or
+    # a bare "Paris.", and the checks below are about the audio path, not the model.
     profiles.write_text("concierge:\n  systemPrompt: You are a helpful voice assistant. "
-                        "Answer in one short sentence.\n")
+                        "Answer in one short sentence.\n  sampling:\n    temperature: 0\n")
     async with contextlib.AsyncExitStack() as stack:
         orch, _ = await stack.enter_async_context(real_agent_stack(max_tokens=30, profiles_file=profiles))
         gw = await stack.enter_async_context(start_gateway(Settings(
