@@ -28,7 +28,7 @@ from voxgrid.gateway.profiles import ProfileError, ProfileRoutes
 from voxgrid.gateway.rtc_net import IcePolicy, OfferError
 from voxgrid.gateway.settings import Settings
 
-from voxgrid.config import accepted_tokens
+from voxgrid.config import TokenSource
 from voxgrid.server.lifecycle import SignalDrain
 
 __all__ = ["GatewayServer", "Settings", "serve", "start_gateway"]
@@ -63,8 +63,7 @@ class GatewayServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._metrics_httpd = None
-        self._tokens_mtime: float | None = None
-        self._tokens = accepted_tokens(settings)
+        self._tokens = TokenSource(settings)
         self._stopped = asyncio.Event()
         self._ready = False
 
@@ -115,17 +114,12 @@ class GatewayServer:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _authorized(self, request: web.Request) -> bool:
-        path = self.settings.auth_token_file
-        if path is not None:  # a rotated Secret is picked up without a restart
-            with contextlib.suppress(OSError):
-                mtime = path.stat().st_mtime
-                if mtime != self._tokens_mtime:
-                    self._tokens_mtime, self._tokens = mtime, accepted_tokens(self.settings)
-        if not self._tokens:
+        tokens = self._tokens()
+        if not tokens:
             return True
         header = request.headers.get("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
-        return any(hmac.compare_digest(given.encode(), t.encode()) for t in self._tokens)
+        return any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
 
     async def _socket(self, request: web.Request, bridge: type[CallBridge], profile: str) -> web.StreamResponse:
         if not self._authorized(request):

@@ -8,6 +8,7 @@ of the README's settings table (`voxgrid settings <service> --markdown` prints i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import types
 import typing
 from pathlib import Path
@@ -104,3 +105,24 @@ def accepted_tokens(settings: ServerSettings) -> set[str]:
             if line and not line.startswith("#"):
                 tokens.add(line)
     return tokens
+
+
+class TokenSource:
+    """Accepted tokens, re-read from the token file when it changes (a rotated Secret is picked up without a
+    restart). One for every listener that checks bearer tokens: the services' gRPC chassis and the gateway's
+    HTTP paths."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self._mtime: float | None = None
+        self._tokens = accepted_tokens(settings)
+
+    def __call__(self) -> set[str]:
+        path = self._settings.auth_token_file
+        if path is not None:
+            with contextlib.suppress(OSError):
+                mtime = path.stat().st_mtime
+                if mtime != self._mtime:
+                    self._mtime = mtime
+                    self._tokens = accepted_tokens(self._settings)
+        return self._tokens

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, start_http_server
 
-from voxgrid.config import ServerSettings, accepted_tokens
+from voxgrid.config import ServerSettings, TokenSource
 from voxgrid.metrics import ServiceMetrics
 from voxgrid.server.health import ReplicaHealth
 from voxgrid.server.interceptors import AuthInterceptor, SessionGate
@@ -53,25 +53,6 @@ class ServiceRuntime(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release engines after the last stream has ended."""
-
-
-class _TokenSource:
-    """Accepted tokens, re-read from the token file when it changes (a rotated Secret)."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self._settings = settings
-        self._mtime: float | None = None
-        self._tokens = accepted_tokens(settings)
-
-    def __call__(self) -> set[str]:
-        path = self._settings.auth_token_file
-        if path is not None:
-            with contextlib.suppress(OSError):
-                mtime = path.stat().st_mtime
-                if mtime != self._mtime:
-                    self._mtime = mtime
-                    self._tokens = accepted_tokens(self._settings)
-        return self._tokens
 
 
 class ServiceServer:
@@ -121,7 +102,7 @@ class ServiceServer:
             ("grpc.keepalive_permit_without_calls", 1),
         ]
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(_TokenSource(s)), self.gate],
+            interceptors=[AuthInterceptor(TokenSource(s)), self.gate],
             options=options,
             # The session limit is enforced by the gate with a clear message; this is only a backstop.
             maximum_concurrent_rpcs=None,
