@@ -52,6 +52,7 @@ from voxgrid.v1 import agent_pb2, agent_pb2_grpc, stt_pb2
 PEER_SRC = ROOT.parent / "shared" / "peers" / "pipecat"
 FRAME_MS = 20
 SPEECH_DBFS = -40.0
+OFF_LANE = "voxgrid, fast preview off"  # --fast-preview both: the comparison lane
 ENDPOINTING = {"fixed": stt_pb2.ENDPOINT_MODE_FIXED_SILENCE, "semantic": stt_pb2.ENDPOINT_MODE_SEMANTIC}
 
 
@@ -196,8 +197,8 @@ async def run_voxgrid(args: argparse.Namespace, wavs: list[tuple[np.ndarray, int
                 off.CopyFrom(config)
                 on.CopyFrom(config)
                 off.endpointing.fast_preview, on.endpointing.fast_preview = False, True
-                lanes = {"voxgrid": (lanes["voxgrid"][0], off), "voxgrid, fast preview": (lanes["voxgrid"][0], on)}
-                runs["voxgrid, fast preview"] = []
+                lanes = {"voxgrid": (lanes["voxgrid"][0], on), OFF_LANE: (lanes["voxgrid"][0], off)}
+                runs[OFF_LANE] = []
             for k, qi in plan:
                 for name, (stub, lane_config) in lanes.items():  # interleaved: all see the same machine load
                     turn = await ask(stub, lane_config, qi, *wavs[qi])
@@ -293,7 +294,7 @@ def main() -> None:
     ap.add_argument("--greedy", action="store_true", help="voxgrid's sessions sample greedily (temperature 0)")
     ap.add_argument("--fast-preview", choices=("server", "on", "off", "both"), default="server",
                     help="STT's fast preview for voxgrid's sessions (server: the replica's default; both: each "
-                    "question also on sessions with it on, interleaved, and both rows printed)")
+                    "question on sessions with it on and with it off, interleaved, and both rows printed)")
     ap.add_argument("--questions", type=int, default=5, help="ask only the first N of the peer's five questions")
     args = ap.parse_args()
     load0 = os.getloadavg()
@@ -306,31 +307,33 @@ def main() -> None:
         x, rate = read_wav(args.workdir / "audio" / f"q{i}.wav")
         wavs.append((x, rate))
     runs = asyncio.run(run_voxgrid(args, wavs, prompt))
-    ours = [t.v2v_s for t in runs["voxgrid"] if t.v2v_s is not None]
-    p50, p90 = pct(ours, 50) / pct(peer, 50), pct(ours, 90) / pct(peer, 90)
     env = dict(kv.split("=", 1) for kv in args.set)
     engine = args.llm_engine or os.environ.get("VOXGRID_LLM_ENGINE", "transformers")
     dtype = env.get("VOXGRID_LLM_DTYPE") or os.environ.get("VOXGRID_LLM_DTYPE") or (
         "float32" if engine == "transformers" else "engine default")
-    settings = ", ".join([f"endpointing {args.endpointing}", f"LLM {engine} {dtype}",
+    preview = {"server": "fast preview: replica default", "both": "fast preview on"}.get(
+        args.fast_preview, f"fast preview {args.fast_preview}")
+    settings = ", ".join([f"endpointing {args.endpointing}", f"LLM {engine} {dtype}", preview,
                           *[kv for kv in args.set if not kv.startswith("VOXGRID_LLM_DTYPE=")]])
     print(f"\nvoice-to-voice at the client, {len(wavs)} flite questions x {args.reps}, real-time 20 ms frames, "
           f"peer's system prompt; load average {load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
           f"({os.cpu_count()} cores)")
-    print(table(["system", "turns", "p50 s", "p90 s"], [
-        ["local Pipecat 1.14 peer (default settings)", len(peer), f"{pct(peer, 50):.3f}", f"{pct(peer, 90):.3f}"],
-        [f"voxgrid local stack ({settings})", len(ours), f"{pct(ours, 50):.3f}", f"{pct(ours, 90):.3f}"],
-        ["ratio voxgrid / peer", "", f"{p50:.2f}x", f"{p90:.2f}x"]]))
+
+    def row(label: str, turns: list[Turn]) -> list[object]:
+        v = [t.v2v_s for t in turns if t.v2v_s is not None]
+        return [label, len(v), f"{pct(v, 50):.3f}", f"{pct(v, 90):.3f}",
+                f"{pct(v, 50) / pct(peer, 50):.2f}x / {pct(v, 90) / pct(peer, 90):.2f}x"]
+
+    rows = [["local Pipecat 1.14 peer (default settings)", len(peer), f"{pct(peer, 50):.3f}",
+             f"{pct(peer, 90):.3f}", ""], row(f"voxgrid local stack ({settings})", runs["voxgrid"])]
+    if OFF_LANE in runs:
+        rows.append(row("voxgrid, the same stack, sessions with the fast preview off (interleaved)", runs[OFF_LANE]))
+    print(table(["system", "turns", "p50 s", "p90 s", "ratio to the peer p50 / p90"], rows))
     print()
     print(breakdown(runs["voxgrid"]))
-    if "voxgrid, fast preview" in runs:
-        fast = [t.v2v_s for t in runs["voxgrid, fast preview"] if t.v2v_s is not None]
-        print(f"\nsame stack, same questions, interleaved: STT fast preview off vs on (ratio on / off: p50 "
-              f"{pct(fast, 50) / pct(ours, 50):.2f}x, p90 {pct(fast, 90) / pct(ours, 90):.2f}x)")
-        print(table(["voxgrid sessions", "turns", "p50 s", "p90 s"], [
-            ["fast preview off", len(ours), f"{pct(ours, 50):.3f}", f"{pct(ours, 90):.3f}"],
-            ["fast preview on", len(fast), f"{pct(fast, 50):.3f}", f"{pct(fast, 90):.3f}"]]))
-        print(breakdown(runs["voxgrid, fast preview"]))
+    if OFF_LANE in runs:
+        print("\nthe same stack, sessions with the fast preview off:")
+        print(breakdown(runs[OFF_LANE]))
     if args.naturalness:
         print()
         print(naturalness(runs))

@@ -52,10 +52,11 @@ class SttSettings(ServerSettings):
         "resume), so the final is ready when min_silence_ms is reached, ms.",
     )
     fast_preview: bool = Field(
-        False,
+        True,
         description="Default: early in each pause send a cheap preview (greedy, short window, no word timings) for "
-        "agents to start their answer on before the endpoint; the final stays the accurate decode. Off: the "
-        "speculative final doubles as the preview. Sessions may pick either.",
+        "agents to start their answer on before the endpoint; the final stays the accurate decode and the agent "
+        "speaks only once the final has the preview's words. Off: the speculative final doubles as the preview "
+        "(on a CPU it comes after the endpoint, so agents never start early). Sessions may pick either.",
     )
     preview_ms: int = Field(
         32, ge=0, le=5000, description="Default silence after which the fast preview is decoded, ms.")
