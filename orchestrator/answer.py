@@ -78,6 +78,19 @@ class Answer:
         self.s.links.send("llm", llm_pb2.ChatRequest(prewarm=llm_pb2.PrewarmRequest(
             messages=self.s.conversation.messages(pending_user=partial), tools=self.tools.schemas())))
 
+    def prewarm_context(self) -> None:
+        """The call starts: let the LLM prefill the persona and history before the caller's first words.
+
+        An engine that caches per session (transformers) otherwise computes the whole persona when the
+        first partial's prewarm arrives, which for a short first question is at the end of the speech: the
+        answer then queued behind it (0.2-0.5 s on 2 CPU cores, a fresh session per question). vLLM shares
+        the prefix across sessions, so there this costs one cached lookup."""
+        if self._prewarm_in_flight:
+            return
+        self._prewarm_in_flight = True
+        self.s.links.send("llm", llm_pb2.ChatRequest(prewarm=llm_pb2.PrewarmRequest(
+            messages=self.s.conversation.messages(), tools=self.tools.schemas())))
+
     def start_turn(self, user_text: str, *, speech_end_at: float, endpoint_at: float, final_at: float,
                    speculative_utterance: int = 0) -> None:
         """Answer `user_text`; a speculative turn (from STT's preview) holds its audio until confirmed."""

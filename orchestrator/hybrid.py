@@ -12,8 +12,9 @@ the client and written into that user turn of the history (older audio turns are
 transcripts: orchestrator/context.py). Speech out, overlap, marks, barge-in and the heard-only history
 are the pipeline's own (the session's `SpeechOut` and `interrupt`). Tools run through the same loop.
 
-Not in hybrid mode: speculation on STT's preview and prewarm (both start from text; the answer here
-starts at the endpoint, from audio).
+Not in hybrid mode: speculation on STT's preview and prewarm from partials (both start from text; the
+answer here starts at the endpoint, from audio). The persona and history are still prewarmed when the call
+starts (`Answer.prewarm_context`): the engine caches the text before the audio.
 """
 
 from __future__ import annotations

@@ -145,6 +145,7 @@ class PipelineSession:
         try:
             if self.config.greeting:
                 self.say(self.config.greeting)
+            self.answer.prewarm_context()
             self.idle.after_event()  # a caller who never says anything is idle from the start
             while not self._ended.is_set():
                 event = await self.events.get()

@@ -202,6 +202,7 @@ class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
         self.configs: list[llm_pb2.ChatConfig] = []
         self.requests: list[llm_pb2.GenerateRequest] = []
         self.prewarms = 0
+        self.prewarm_requests: list[llm_pb2.PrewarmRequest] = []
         self.cancels = 0
 
     async def _pieces(self, req: llm_pb2.GenerateRequest, pieces: list) -> AsyncIterator:
@@ -255,6 +256,7 @@ class FakeLlm(llm_pb2_grpc.LanguageModelServicer):
                 running[req.generate.request_id] = asyncio.create_task(generate(req.generate))
             elif which == "prewarm":
                 self.prewarms += 1
+                self.prewarm_requests.append(req.prewarm)
                 out.put(llm_pb2.ChatResponse(prewarmed=llm_pb2.PrewarmDone(prompt_tokens=next(ids))))
             elif which == "cancel":
                 self.cancels += 1

@@ -58,8 +58,10 @@ async def test_the_endpoint_sends_the_utterance_audio_and_the_transcript_lands_i
             users = [m for m in second if m.role == llm_pb2.ROLE_USER]
             assert users[0].content == "what time is it" and not users[0].HasField("audio")
             assert users[1].HasField("audio")
-            # The client saw the transcripts; no text prefill in hybrid.
-            assert call.record.finals() == ["what time is it", "and tomorrow"] and stack.llm.prewarms == 0
+            # The client saw the transcripts; the only text prefill is the persona's, when the call started
+            # (no partials are prefilled: the answer starts from audio).
+            assert call.record.finals() == ["what time is it", "and tomorrow"]
+            assert [[m.role for m in p.messages] for p in stack.llm.prewarm_requests] == [[llm_pb2.ROLE_SYSTEM]]
             for lat in call.record.of("latency"):
                 assert lat.mode == HYBRID and lat.stt_finalization_ms == 0
                 assert list(lat.critical_path) == [agent_pb2.TURN_STAGE_ENDPOINT, agent_pb2.TURN_STAGE_LLM,

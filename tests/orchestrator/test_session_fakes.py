@@ -52,8 +52,11 @@ async def test_two_turn_conversation_with_latency_records_and_history(make_stack
             assert audio and all(a.turn_id in (1, 2) for a in audio)
             ends = [a.mark.text_end for a in audio if a.turn_id == 1]
             assert ends == sorted(ends)
-            # Partials of the first utterance warmed the LLM's prefix while the caller spoke.
-            assert stack.llm.prewarms >= 1
+            # The persona was prefilled when the call started, before the caller said anything; partials of
+            # the first utterance then extended the LLM's prefix while the caller spoke.
+            persona, *partials = stack.llm.prewarm_requests
+            assert [m.role for m in persona.messages] == [llm_pb2.ROLE_SYSTEM]
+            assert partials and [m.role for m in partials[0].messages] == [llm_pb2.ROLE_SYSTEM, llm_pb2.ROLE_USER]
 
 
 async def test_barge_in_cancels_at_once_trims_history_and_answers_the_new_question(make_stack) -> None:
