@@ -161,9 +161,9 @@ def session(args: argparse.Namespace, prompt: str) -> object:
         endpointing.min_silence_ms = args.min_silence_ms
     if args.turn_min_wait_ms:
         endpointing.turn_min_wait_ms = args.turn_min_wait_ms
-    config = session_config(system_prompt=prompt, endpointing=endpointing)
-    if args.fast_preview in ("on", "off"):
+    if args.fast_preview in ("on", "off"):  # before session_config, which copies `endpointing`
         endpointing.fast_preview = args.fast_preview == "on"
+    config = session_config(system_prompt=prompt, endpointing=endpointing)
     if args.max_tokens:
         config.sampling.max_tokens = args.max_tokens
     if args.greedy or args.naturalness:  # the same reply both ways: WER compares the speaking, not the words
