@@ -52,9 +52,10 @@ def service_module(name: str) -> Any:
 
 # OpenMP runtimes (torch's, CTranslate2's) spin their idle threads for a while by default. With STT, LLM
 # and TTS sharing a machine's cores (the local stack; pods packed on a node; CFS quotas), those spinning
-# threads burn the time the other services' threads are waiting for: on 2 cores, `bench_peer.py --set
-# OMP_WAIT_POLICY=PASSIVE` cut voice-to-voice by 14-20 % and the STT final by 17 % in one run. Passive
-# threads sleep at once; an operator who wants spinning sets OMP_WAIT_POLICY=ACTIVE.
+# threads burn the time the other services' threads are waiting for. On 2 cores, `bench_peer.py --set
+# OMP_WAIT_POLICY=PASSIVE` run right after the same run without it gave p50 voice-to-voice 0.86x (fast
+# preview off) and 0.80x (on), STT final 0.83x; a single pair of runs on a shared host, so a direction, not
+# a figure. Passive threads sleep at once; an operator who wants spinning sets OMP_WAIT_POLICY=ACTIVE.
 OPENMP_WAIT_POLICY = "PASSIVE"
 
 
