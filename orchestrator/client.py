@@ -20,6 +20,7 @@ from voxgrid.v1 import agent_pb2, agent_pb2_grpc
 
 TE = agent_pb2.TurnEvent
 _END = object()
+_AGENT_TURN_EVENTS = (TE.KIND_AGENT_STARTED_SPEAKING, TE.KIND_AGENT_STOPPED_SPEAKING, TE.KIND_INTERRUPTED)
 
 
 @dataclass
@@ -36,6 +37,18 @@ class CallRecord:
 
     def finals(self) -> list[str]:
         return [t.text for t in self.of("user_transcript") if t.is_final]
+
+    def agent_turns(self) -> list[int]:
+        """Ids of the agent turns the caller heard or saw, in order. Ids increase but need not be consecutive:
+        a speculative answer voided because the caller went on talking used one and left nothing else."""
+        ids: list[int] = []
+        for _, r in self.responses:
+            which = r.WhichOneof("event")
+            tid = r.turn_event.turn_id if which == "turn_event" else r.agent_text.turn_id if which == "agent_text" \
+                else 0
+            if tid and tid not in ids and (which == "agent_text" or r.turn_event.kind in _AGENT_TURN_EVENTS):
+                ids.append(tid)
+        return ids
 
     def agent_text(self, turn_id: int | None = None) -> str:
         """The agent's text from its deltas (a final AgentText carries no delta, only `full_text`)."""
@@ -225,6 +238,13 @@ class AgentCall:
         """Predicate: that agent turn finished or was interrupted."""
         kinds = (TE.KIND_AGENT_STOPPED_SPEAKING, TE.KIND_INTERRUPTED)
         return lambda rec: any(e.turn_id == turn_id and e.kind in kinds for e in rec.events())
+
+    def nth_turn_over(self, n: int) -> Callable[[CallRecord], bool]:
+        """Predicate: the caller's n-th agent turn (1-based, as `agent_turns` counts) finished or was interrupted."""
+        def over(rec: CallRecord) -> bool:
+            ids = rec.agent_turns()
+            return len(ids) >= n and self.turn_over(ids[n - 1])(rec)
+        return over
 
 
 def notice_details(notice: agent_pb2.SessionNotice) -> ErrorDetails:

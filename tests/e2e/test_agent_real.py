@@ -16,7 +16,7 @@ from voxgrid.orchestrator.client import TE, AgentCall, session_config
 from tests.conftest import synthesize_speech
 from tests.real_stack import real_agent_stack
 from voxgrid.client import channel
-from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2
+from voxgrid.v1 import agent_pb2, agent_pb2_grpc, audio_pb2, stt_pb2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RATE = 16000
@@ -33,9 +33,10 @@ async def real_stack():
         yield agent_pb2_grpc.AgentStub(ch), backends
 
 
-async def ask(call: AgentCall, x, turn: int) -> None:
+async def ask(call: AgentCall, x, nth: int) -> None:
+    """Say `x` and wait for the call's `nth` agent turn to end (turn ids may skip: voided speculative answers)."""
     await call.stream(x, RATE)
-    await call.silence(90, until=lambda: call.turn_over(turn)(call.record) or call.done.is_set())
+    await call.silence(90, until=lambda: call.nth_turn_over(nth)(call.record) or call.done.is_set())
     assert call.error is None, call.error
 
 
@@ -47,10 +48,11 @@ async def test_a_two_turn_spoken_conversation(real_stack, speech_dir) -> None:
         await ask(call, speech("And what is the capital of Germany?", speech_dir), 2)
         finals = [f.lower() for f in call.record.finals()]
         assert "capital of france" in finals[0] and "germany" in finals[1]
-        assert "paris" in call.record.agent_text(1).lower()
-        assert "berlin" in call.record.agent_text(2).lower()
+        first, second = call.record.agent_turns()
+        assert "paris" in call.record.agent_text(first).lower()
+        assert "berlin" in call.record.agent_text(second).lower()
         lats = call.record.of("latency")
-        assert [x.turn_id for x in lats] == [1, 2] and all(x.voice_to_voice_ms > 0 for x in lats)
+        assert [x.turn_id for x in lats] == [first, second] and all(x.voice_to_voice_ms > 0 for x in lats)
         assert len(call.record.agent_audio(call.out_spec)) > RATE  # more than a second of speech came back
 
 
@@ -64,14 +66,15 @@ async def test_barge_in_with_real_models(real_stack, speech_dir) -> None:
         await call.silence(60, until=lambda: bool(call.record.events(TE.KIND_AGENT_STARTED_SPEAKING)))
         await call.silence(1.5)
         await call.stream(speech("Stop. What is the capital of Italy?", speech_dir), RATE)
-        await call.silence(90, until=lambda: call.turn_over(2)(call.record) or call.done.is_set())
+        await call.silence(90, until=lambda: call.nth_turn_over(2)(call.record) or call.done.is_set())
+        story, answer = call.record.agent_turns()
         interrupted = call.record.events(TE.KIND_INTERRUPTED)
-        assert interrupted and interrupted[0].turn_id == 1
+        assert interrupted and interrupted[0].turn_id == story
         heard = interrupted[0].heard_text
-        full = call.record.agent_text(1)
+        full = call.record.agent_text(story)
         assert full.startswith(heard) and len(heard) < len(full)
         assert "italy" in call.record.finals()[-1].lower()
-        assert call.record.agent_text(2)
+        assert call.record.agent_text(answer)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -111,7 +114,7 @@ async def test_a_tool_call_round_trip_with_the_real_model(real_stack, speech_dir
         started = call.record.events(TE.KIND_TOOL_CALL_STARTED)
         assert started and {e.tool_name for e in started} == {"get_weather"}
         assert calls and "paris" in json.dumps(calls[0]).lower()
-        answer = call.record.agent_text(1).lower()
+        answer = call.record.agent_text(call.record.agent_turns()[0]).lower()
         assert "get_weather" not in answer  # no tool-call markup is ever spoken
         assert "18" in answer or "sunny" in answer or "eighteen" in answer
         assert call.record.events(TE.KIND_AGENT_STOPPED_SPEAKING)
@@ -122,7 +125,10 @@ async def test_live_control_and_usage_with_real_models(real_stack, speech_dir) -
     """A spoken turn, a `say` and an `update` on the real stack; the usage record adds up to what was sent."""
     stub, _ = real_stack
     x = speech("What is the capital of France?", speech_dir)
-    async with AgentCall(stub, session_config()) as call:
+    # No fast preview: a speculative answer voided at a pause would be one more LLM request in the usage, and
+    # this test counts them exactly.
+    config = session_config(endpointing=stt_pb2.EndpointingConfig(fast_preview=False))
+    async with AgentCall(stub, config) as call:
         await ask(call, x, 1)
         call.update(agent_pb2.SessionConfig(system_prompt="You are a pirate. One short sentence."), "system_prompt")
         call.say("Please hold the line.")
