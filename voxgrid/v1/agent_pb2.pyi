@@ -1342,6 +1342,9 @@ class TurnEvent(_message.Message):
     SESSION_STATE_FIELD_NUMBER: _builtins.int
     kind: Global___TurnEvent.Kind.ValueType
     turn_id: _builtins.int
+    """The agent turn. Ids increase within a session but may skip one: a speculative answer (started on STT's
+    preview) that was voided because the caller went on talking used an id and sent nothing.
+    """
     audio_offset_ms: _builtins.int
     """Stream offset of the caller's audio when this happened, ms."""
     heard_text: _builtins.str
