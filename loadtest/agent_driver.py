@@ -181,3 +181,5 @@ def _attach_latency(rec: TurnRecord, listener: _Listener, turn_id: int) -> None:
         return
     values = MessageToDict(lat, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     rec.metrics.update({k: float(values[k]) for k in LATENCY_FIELDS if k in values})
+    # 1: the answer was prepared on STT's preview, so its stages overlapped the endpoint wait and the final.
+    rec.metrics["speculative"] = 1.0 if lat.speculative else 0.0

@@ -52,7 +52,12 @@ def test_cli_smoke_against_the_local_stack(local_stack, tmp_path) -> None:  # ty
     assert 0 < data["rtf"]["stt"] < 5 and 0 < data["rtf"]["tts"] < 5
     for turn in data["turns"]:
         m = turn["metrics"]
-        if "voice_to_voice_ms" in m:  # the stages add up to what the caller waited
+        if "voice_to_voice_ms" not in m:
+            continue
+        if m["speculative"]:  # LLM and TTS ran during the endpoint wait and the final, which the caller waited for
+            waited = m["endpoint_wait_ms"] + m["stt_finalization_ms"] + m["orchestration_overhead_ms"]
+            assert waited <= m["voice_to_voice_ms"] + 1e-3
+        else:  # the stages add up to what the caller waited
             parts = sum(m[k] for k in ("endpoint_wait_ms", "stt_finalization_ms", "llm_time_to_first_token_ms",
                                        "tts_time_to_first_audio_ms", "orchestration_overhead_ms", "tool_ms"))
             assert math.isclose(parts, m["voice_to_voice_ms"], rel_tol=1e-6, abs_tol=1e-3)
