@@ -120,7 +120,9 @@ class SoakReport:
 
 
 async def ask_tool_questions(target: str, every_s: float, until: float, max_tokens: int, report: SoakReport) -> None:
-    """A steady trickle of typed questions that a knowledge tool answers, one session each."""
+    """A steady trickle of typed questions that a knowledge tool answers, one session each, one started every
+    `every_s` whether or not the last one is over: a session lasts until its answer has been played, which on
+    a loaded machine can outlast the interval (one after the other, a 45 s run then held a single one)."""
     stub = agent_pb2_grpc.AgentStub(ch := channel(target))
     tool = agent_pb2.AgentTool(schema=audio_pb2.ToolSchema(
         name="lookup", description="Search the shop's notes (opening hours, parking).",
@@ -128,17 +130,26 @@ async def ask_tool_questions(target: str, every_s: float, until: float, max_toke
         knowledge_collection="default")
     config = agent_pb2.SessionConfig(input_format=INPUT_SPEC.to_proto(), tools=[tool])
     config.sampling.max_tokens = max_tokens
+
+    async def ask() -> None:
+        async with AgentCall(stub, config) as call:
+            call.send(agent_pb2.ConverseRequest(text=TOOL_QUESTION))
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                await call.wait_for(call.turn_over(1), timeout_s=60)
+            report.tool_sessions += 1
+            report.tool_calls += len(call.record.events(TE.KIND_TOOL_CALL_FINISHED))
+
+    asking: list[asyncio.Task[None]] = []
     try:
         while time.monotonic() < until:
             next_at = time.monotonic() + every_s
-            async with AgentCall(stub, config) as call:
-                call.send(agent_pb2.ConverseRequest(text=TOOL_QUESTION))
-                with contextlib.suppress(TimeoutError, RuntimeError):
-                    await call.wait_for(call.turn_over(1), timeout_s=60)
-                report.tool_sessions += 1
-                report.tool_calls += len(call.record.events(TE.KIND_TOOL_CALL_FINISHED))
+            asking.append(asyncio.create_task(ask()))
             await asyncio.sleep(max(0.0, min(next_at, until) - time.monotonic()))
+        await asyncio.gather(*asking)
     finally:
+        for task in asking:
+            task.cancel()
+        await asyncio.gather(*asking, return_exceptions=True)
         await ch.close()
 
 

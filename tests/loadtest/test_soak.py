@@ -55,15 +55,16 @@ async def test_short_soak_samples_every_service_and_leaves_nothing_behind(capsys
     printed = capsys.readouterr().out
     assert "growth/hour" in printed and "(short run)" in printed
     load = report.load
-    assert load.error_rate() == 0 and len(load.sessions) >= 2 and len(load.turns) >= 4
-    assert any(t.barged_in for t in load.turns)
-    assert report.tool_sessions >= 2
-    assert set(report.before) == {"stt", "llm", "tts", "orchestrator"} and len(report.samples) >= 8
+    failed = [(s.code, s.message) for s in load.sessions if s.code != "OK"]
+    assert not failed and len(load.sessions) >= 2 and len(load.turns) >= 4, (failed, printed)
+    assert any(t.barged_in for t in load.turns), printed
+    assert report.tool_sessions >= 2, printed
+    assert set(report.before) == {"stt", "llm", "tts", "orchestrator"} and len(report.samples) >= 8, printed
     for service in report.before:
         for resource in RESOURCES:
             assert all(s[service][resource] > 0 for s in report.samples), (service, resource)
         # The in-process probe sees the sessions' tasks come and go.
-        assert max(report.series(service, "tasks")) > report.before[service]["tasks"]
+        assert max(report.series(service, "tasks")) > report.before[service]["tasks"], (service, printed)
         # At rest again, the calls left no tasks, descriptors or threads behind (a leak grows per call).
         before, after = report.before[service], report.after[service]
         assert after["tasks"] <= before["tasks"] + 2, (service, before, after)
