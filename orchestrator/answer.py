@@ -73,10 +73,8 @@ class Answer:
         """The caller is still talking: let the LLM prefill the context with what they said so far."""
         if self._prewarm_in_flight or partial == self._prewarmed_text:
             return
-        self._prewarm_in_flight = True
         self._prewarmed_text = partial
-        self.s.links.send("llm", llm_pb2.ChatRequest(prewarm=llm_pb2.PrewarmRequest(
-            messages=self.s.conversation.messages(pending_user=partial), tools=self.tools.schemas())))
+        self._send_prewarm(partial)
 
     def prewarm_context(self) -> None:
         """The call starts: let the LLM prefill the persona and history before the caller's first words.
@@ -85,11 +83,14 @@ class Answer:
         first partial's prewarm arrives, which for a short first question is at the end of the speech: the
         answer then queued behind it (0.2-0.5 s on 2 CPU cores, a fresh session per question). vLLM shares
         the prefix across sessions, so there this costs one cached lookup."""
-        if self._prewarm_in_flight:
-            return
+        if not self._prewarm_in_flight:
+            self._send_prewarm(None)
+
+    def _send_prewarm(self, pending_user: str | None) -> None:
+        """One prewarm in flight per session: the next waits for its `prewarmed` (or an error)."""
         self._prewarm_in_flight = True
         self.s.links.send("llm", llm_pb2.ChatRequest(prewarm=llm_pb2.PrewarmRequest(
-            messages=self.s.conversation.messages(), tools=self.tools.schemas())))
+            messages=self.s.conversation.messages(pending_user=pending_user), tools=self.tools.schemas())))
 
     def start_turn(self, user_text: str, *, speech_end_at: float, endpoint_at: float, final_at: float,
                    speculative_utterance: int = 0) -> None:
