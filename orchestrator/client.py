@@ -44,9 +44,13 @@ class CallRecord:
         ids: list[int] = []
         for _, r in self.responses:
             which = r.WhichOneof("event")
-            tid = r.turn_event.turn_id if which == "turn_event" else r.agent_text.turn_id if which == "agent_text" \
-                else 0
-            if tid and tid not in ids and (which == "agent_text" or r.turn_event.kind in _AGENT_TURN_EVENTS):
+            if which == "agent_text":
+                tid = r.agent_text.turn_id
+            elif which == "turn_event" and r.turn_event.kind in _AGENT_TURN_EVENTS:
+                tid = r.turn_event.turn_id
+            else:
+                continue
+            if tid and tid not in ids:
                 ids.append(tid)
         return ids
 
